@@ -1,0 +1,218 @@
+//! Runtime configuration: what each process's tokio runtime is built with.
+//!
+//! The configuration lives in one immutable, leaked value behind an atomic pointer, so a child
+//! reads its parent's configuration without taking any lock (invariant 3) and rebuilds with it.
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::{guard, Error, Result};
+
+/// How each process's tokio runtime is built. Set with [`configure`] before first use.
+///
+/// ```
+/// use forksafe::RuntimeConfig;
+///
+/// let config = RuntimeConfig::new()
+///     .worker_threads(2)
+///     .thread_name("my-ext")
+///     .max_blocking_threads(16)
+///     .thread_stack_size(1 << 20);
+/// assert_eq!(config.get_worker_threads(), 2);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    worker_threads: usize,
+    thread_name: String,
+    max_blocking_threads: usize,
+    thread_stack_size: usize,
+}
+
+/// The smallest stack forksafe accepts for runtime threads.
+pub const MIN_THREAD_STACK_SIZE: usize = 64 * 1024;
+
+impl RuntimeConfig {
+    /// The defaults: one worker per available core (at most 4), thread names `forksafe-N`,
+    /// 64 blocking threads, 2 MiB stacks.
+    ///
+    /// ```
+    /// assert!(forksafe::RuntimeConfig::new().get_worker_threads() >= 1);
+    /// ```
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        RuntimeConfig {
+            worker_threads: cores.clamp(1, 4),
+            thread_name: "forksafe".to_owned(),
+            max_blocking_threads: 64,
+            thread_stack_size: 2 * 1024 * 1024,
+        }
+    }
+
+    /// Number of worker threads (at least 1).
+    ///
+    /// ```
+    /// let c = forksafe::RuntimeConfig::new().worker_threads(3);
+    /// assert_eq!(c.get_worker_threads(), 3);
+    /// ```
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.worker_threads = n;
+        self
+    }
+
+    /// Prefix of the runtime's thread names; threads are named `{prefix}-{n}`.
+    ///
+    /// ```
+    /// let c = forksafe::RuntimeConfig::new().thread_name("lance");
+    /// assert_eq!(c.get_thread_name(), "lance");
+    /// ```
+    pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
+        self.thread_name = prefix.into();
+        self
+    }
+
+    /// Upper bound on tokio's blocking-pool threads (at least 1).
+    ///
+    /// ```
+    /// let c = forksafe::RuntimeConfig::new().max_blocking_threads(8);
+    /// assert_eq!(c.get_max_blocking_threads(), 8);
+    /// ```
+    pub fn max_blocking_threads(mut self, n: usize) -> Self {
+        self.max_blocking_threads = n;
+        self
+    }
+
+    /// Stack size of every runtime thread, in bytes (at least [`MIN_THREAD_STACK_SIZE`]).
+    ///
+    /// ```
+    /// let c = forksafe::RuntimeConfig::new().thread_stack_size(4 << 20);
+    /// assert_eq!(c.get_thread_stack_size(), 4 << 20);
+    /// ```
+    pub fn thread_stack_size(mut self, bytes: usize) -> Self {
+        self.thread_stack_size = bytes;
+        self
+    }
+
+    /// The configured number of worker threads.
+    ///
+    /// ```
+    /// assert!(forksafe::RuntimeConfig::new().get_worker_threads() > 0);
+    /// ```
+    pub fn get_worker_threads(&self) -> usize {
+        self.worker_threads
+    }
+
+    /// The configured thread-name prefix.
+    ///
+    /// ```
+    /// assert_eq!(forksafe::RuntimeConfig::new().get_thread_name(), "forksafe");
+    /// ```
+    pub fn get_thread_name(&self) -> &str {
+        &self.thread_name
+    }
+
+    /// The configured blocking-pool limit.
+    ///
+    /// ```
+    /// assert_eq!(forksafe::RuntimeConfig::new().get_max_blocking_threads(), 64);
+    /// ```
+    pub fn get_max_blocking_threads(&self) -> usize {
+        self.max_blocking_threads
+    }
+
+    /// The configured thread stack size in bytes.
+    ///
+    /// ```
+    /// assert_eq!(forksafe::RuntimeConfig::new().get_thread_stack_size(), 2 << 20);
+    /// ```
+    pub fn get_thread_stack_size(&self) -> usize {
+        self.thread_stack_size
+    }
+
+    /// Checks every field; the error names the first one out of range.
+    ///
+    /// ```
+    /// let err = forksafe::RuntimeConfig::new().max_blocking_threads(0).validate().unwrap_err();
+    /// assert!(err.to_string().contains("max_blocking_threads"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, problem: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.worker_threads == 0 {
+            return invalid("worker_threads", "must be at least 1");
+        }
+        if self.max_blocking_threads == 0 {
+            return invalid("max_blocking_threads", "must be at least 1");
+        }
+        if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
+            return invalid(
+                "thread_stack_size",
+                &format!(
+                    "is {} bytes; it must be at least {MIN_THREAD_STACK_SIZE}",
+                    self.thread_stack_size
+                ),
+            );
+        }
+        if self.thread_name.contains('\0') {
+            return invalid("thread_name", "must not contain a NUL byte");
+        }
+        Ok(())
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The configuration in force for this lineage; null until the first `configure` or build.
+static CONFIG: AtomicPtr<RuntimeConfig> = AtomicPtr::new(ptr::null_mut());
+
+/// Sets the configuration of this process's runtime, and of the runtimes its children build.
+///
+/// Call it before the first use of the runtime in this process. Afterwards it returns
+/// [`Error::AlreadyStarted`]; invalid values return [`Error::InvalidConfig`].
+///
+/// ```
+/// forksafe::configure(forksafe::RuntimeConfig::new().worker_threads(2)).unwrap();
+/// let seven = forksafe::block_on(async { 7 }).unwrap();
+/// assert_eq!(seven, 7);
+/// assert!(matches!(
+///     forksafe::configure(forksafe::RuntimeConfig::new()),
+///     Err(forksafe::Error::AlreadyStarted { .. })
+/// ));
+/// ```
+pub fn configure(config: RuntimeConfig) -> Result<()> {
+    config.validate()?;
+    let process = guard::current();
+    process.while_not_started(|| {
+        // Leaked on purpose: a child may be reading the old value; `configure` is called a
+        // handful of times at most, before first use.
+        let fresh = Box::into_raw(Box::new(config));
+        CONFIG.store(fresh, Ordering::Release);
+    })
+}
+
+/// The configuration to build with, resolving and pinning the defaults on first use so that
+/// children rebuild with exactly what their parent used.
+pub(crate) fn current() -> &'static RuntimeConfig {
+    loop {
+        let config = CONFIG.load(Ordering::Acquire);
+        // SAFETY: CONFIG only ever holds leaked, never-freed boxes.
+        if let Some(config) = unsafe { config.as_ref() } {
+            return config;
+        }
+        let defaults = Box::into_raw(Box::new(RuntimeConfig::new()));
+        if CONFIG
+            .compare_exchange(ptr::null_mut(), defaults, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: never published, still exclusively ours.
+            drop(unsafe { Box::from_raw(defaults) });
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The PID guard: "which process am I, and is the cached state mine?"
+//!
+//! Every access to process-owned state (the runtime, a [`ForkLocal`](crate::ForkLocal)) starts
+//! here. [`current`] returns this process's [`Process`] record, building one the first time the
+//! calling process asks. A record is never shared across processes: a child always builds its own.
+//!
+//! There are two ways to tell that a fork happened, chosen once per lineage:
+//!
+//! * [`GuardMode::WipeOnFork`] (Linux >= 4.14): one anonymous page marked `MADV_WIPEONFORK` holds a
+//!   pointer to the record built by this process. The kernel zeroes that page in every child,
+//!   whatever the fork path (`fork()`, a raw `clone`, a C-level fork that skips every hook). The
+//!   guard is a plain memory read until the kernel says a fork happened. A zeroed page also means
+//!   "nothing here was built by this process", so PID reuse (invariant 5) cannot fool it.
+//! * [`GuardMode::Syscall`]: compare `getpid()` with the PID stored in the newest record. It costs
+//!   a system call per access (glibc >= 2.25 has no PID cache) and it cannot see PID reuse: a
+//!   descendant that is handed the PID of an exited ancestor would trust that ancestor's record.
+//!   Used where the page is unavailable, or when `FORKSAFE_PID_CHECK=syscall` forces it.
+//!
+//! The slow path never waits on anything: it builds a new record in memory that only this
+//! process has seen and publishes it with a compare-and-swap (invariant 3).
+
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::registry::Process;
+
+/// How the guard tells that the calling process is not the one that built the cached state.
+///
+/// Chosen once, on the first access in a lineage, and inherited by every child.
+///
+/// ```
+/// let info = forksafe::process_info();
+/// println!("guard: {}", info.guard);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuardMode {
+    /// A `MADV_WIPEONFORK` page caches this process's record; about a nanosecond per access.
+    WipeOnFork,
+    /// `getpid()` on every access; cannot detect PID reuse.
+    Syscall,
+}
+
+impl GuardMode {
+    /// The name used by `FORKSAFE_PID_CHECK` and by `process_info()`.
+    ///
+    /// ```
+    /// assert_eq!(forksafe::GuardMode::Syscall.as_str(), "syscall");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GuardMode::WipeOnFork => "wipeonfork",
+            GuardMode::Syscall => "syscall",
+        }
+    }
+}
+
+impl std::fmt::Display for GuardMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The wipe-on-fork page. Null: mode not chosen yet. [`SYSCALL_MODE`]: no page, use `getpid()`.
+/// Otherwise it points at the `AtomicPtr<Process>` at the start of the page, valid forever (the
+/// page is never unmapped once published, and the mapping survives fork).
+static PAGE: AtomicPtr<AtomicPtr<Process>> = AtomicPtr::new(ptr::null_mut());
+
+/// The newest record of this lineage, in ordinary (inherited) memory. In syscall mode it is the
+/// cache the guard checks; in both modes a child reads it once to learn what it inherited.
+static HEAD: AtomicPtr<Process> = AtomicPtr::new(ptr::null_mut());
+
+/// Why the mode is what it is; set once together with `PAGE`.
+static MODE_REASON: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+
+fn syscall_mode_marker() -> *mut AtomicPtr<Process> {
+    // A non-null, never dereferenced address that no mmap can return (page-aligned results only).
+    ptr::dangling_mut::<AtomicPtr<Process>>()
+}
+
+/// This process's record, built on first use in each process.
+#[inline]
+pub(crate) fn current() -> &'static Process {
+    let page = PAGE.load(Ordering::Acquire);
+    if !page.is_null() && page != syscall_mode_marker() {
+        // SAFETY: a non-null, non-marker PAGE points at a live page-aligned AtomicPtr in a
+        // mapping that is never unmapped (see `choose_mode`).
+        let mine = unsafe { &*page }.load(Ordering::Acquire);
+        // SAFETY: records are leaked on publication and never freed, so any pointer published
+        // in the page or in HEAD stays valid for the life of the process (and of its children).
+        if let Some(record) = unsafe { mine.as_ref() } {
+            return record;
+        }
+    } else if page == syscall_mode_marker() {
+        // SAFETY: as above, published records are never freed.
+        if let Some(record) = unsafe { HEAD.load(Ordering::Acquire).as_ref() } {
+            if record.pid() == getpid() {
+                return record;
+            }
+        }
+    }
+    slow_path()
+}
+
+/// The mode in force, choosing it if nothing has asked yet.
+pub(crate) fn mode() -> GuardMode {
+    match choose_mode() {
+        Some(_) => GuardMode::WipeOnFork,
+        None => GuardMode::Syscall,
+    }
+}
+
+/// Why the guard runs in its mode (`FORKSAFE_PID_CHECK`, or why the page is unavailable).
+pub(crate) fn mode_reason() -> &'static str {
+    choose_mode();
+    let reason = MODE_REASON.load(Ordering::Acquire);
+    if reason.is_null() {
+        return "";
+    }
+    // SAFETY: MODE_REASON only ever holds pointers to NUL-terminated `&'static CStr` literals.
+    unsafe { CStr::from_ptr(reason.cast()) }
+        .to_str()
+        .unwrap_or("")
+}
+
+/// This process's ID, straight from the kernel (glibc caches nothing since 2.25).
+#[inline]
+pub(crate) fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    pid as u32
+}
+
+#[cold]
+#[inline(never)]
+fn slow_path() -> &'static Process {
+    let pid = getpid();
+    match choose_mode() {
+        Some(page) => loop {
+            // SAFETY: `choose_mode` returns only the live, never-unmapped page.
+            let slot = unsafe { &*page };
+            let mine = slot.load(Ordering::Acquire);
+            // SAFETY: published records are never freed.
+            if let Some(record) = unsafe { mine.as_ref() } {
+                return record;
+            }
+            // Whatever HEAD holds was built before the fork that zeroed our page, or by a thread
+            // of ours that lost the race below; either way it only serves as the lineage link.
+            let inherited = HEAD.load(Ordering::Acquire);
+            let fresh = Box::into_raw(Box::new(Process::new(pid, inherited)));
+            match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    HEAD.store(fresh, Ordering::Release);
+                    // SAFETY: just published; from here on it is never freed.
+                    return unsafe { &*fresh };
+                }
+                Err(_) => {
+                    // SAFETY: `fresh` lost the race and was never published, so this thread
+                    // still owns it exclusively.
+                    drop(unsafe { Box::from_raw(fresh) });
+                }
+            }
+        },
+        None => loop {
+            let head = HEAD.load(Ordering::Acquire);
+            // SAFETY: published records are never freed.
+            if let Some(record) = unsafe { head.as_ref() } {
+                if record.pid() == pid {
+                    return record;
+                }
+            }
+            let fresh = Box::into_raw(Box::new(Process::new(pid, head)));
+            match HEAD.compare_exchange(head, fresh, Ordering::AcqRel, Ordering::Acquire) {
+                // SAFETY: just published; from here on it is never freed.
+                Ok(_) => return unsafe { &*fresh },
+                // SAFETY: never published, still exclusively ours.
+                Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+            }
+        },
+    }
+}
+
+/// Picks the mode once per lineage. Returns the page in wipe-on-fork mode.
+fn choose_mode() -> Option<*mut AtomicPtr<Process>> {
+    let page = PAGE.load(Ordering::Acquire);
+    if page == syscall_mode_marker() {
+        return None;
+    }
+    if !page.is_null() {
+        return Some(page);
+    }
+    let (wanted, reason): (*mut AtomicPtr<Process>, &'static CStr) = match requested_mode() {
+        Requested::Syscall => (syscall_mode_marker(), c"FORKSAFE_PID_CHECK=syscall"),
+        Requested::Unknown => (syscall_mode_marker(), c"FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or 'syscall'); using the getpid() fallback"),
+        Requested::Auto => match map_wipe_on_fork_page() {
+            Ok(page) => (page, c"MADV_WIPEONFORK page"),
+            Err(why) => (syscall_mode_marker(), why),
+        },
+    };
+    match PAGE.compare_exchange(ptr::null_mut(), wanted, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            MODE_REASON.store(reason.as_ptr().cast_mut().cast(), Ordering::Release);
+            (wanted != syscall_mode_marker()).then_some(wanted)
+        }
+        Err(winner) => {
+            if wanted != syscall_mode_marker() {
+                unmap_page(wanted);
+            }
+            (winner != syscall_mode_marker()).then_some(winner)
+        }
+    }
+}
+
+enum Requested {
+    Auto,
+    Syscall,
+    Unknown,
+}
+
+/// Reads `FORKSAFE_PID_CHECK` with libc's `getenv`, not `std::env`: std takes a process-wide
+/// lock that a parent thread inside `set_var` would hold forever in a child.
+fn requested_mode() -> Requested {
+    // SAFETY: the name is a NUL-terminated literal; getenv returns null or a pointer into the
+    // environment, which we copy from at once.
+    let value = unsafe { libc::getenv(c"FORKSAFE_PID_CHECK".as_ptr()) };
+    if value.is_null() {
+        return Requested::Auto;
+    }
+    // SAFETY: a non-null getenv result is a NUL-terminated string.
+    match unsafe { CStr::from_ptr(value) }.to_bytes() {
+        b"" | b"auto" | b"wipeonfork" => Requested::Auto,
+        b"syscall" => Requested::Syscall,
+        _ => Requested::Unknown,
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static CStr> {
+    // SAFETY: page_size is a plain query without preconditions.
+    let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory; the result is checked against MAP_FAILED below.
+    let page = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return Err(c"mmap of the wipe-on-fork page failed; using the getpid() fallback");
+    }
+    // SAFETY: `page` is the mapping of `len` bytes created just above.
+    if unsafe { libc::madvise(page, len, libc::MADV_WIPEONFORK) } != 0 {
+        unmap_page(page.cast());
+        return Err(c"MADV_WIPEONFORK unavailable (Linux < 4.14?); using the getpid() fallback");
+    }
+    // A fresh anonymous page is zero-filled: the AtomicPtr at its start reads as null.
+    Ok(page.cast())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static CStr> {
+    Err(c"MADV_WIPEONFORK exists only on Linux; using the getpid() fallback")
+}
+
+fn unmap_page(page: *mut AtomicPtr<Process>) {
+    // SAFETY: page_size is a plain query without preconditions.
+    let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    // SAFETY: only called on a page this thread mapped and never published.
+    unsafe { libc::munmap(page.cast(), len) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_record_within_one_process() {
+        let a = current() as *const Process;
+        let b = std::thread::spawn(|| current() as *const Process as usize)
+            .join()
+            .unwrap();
+        assert_eq!(a as usize, b);
+        assert_eq!(current().pid(), std::process::id());
+    }
+
+    #[test]
+    fn reports_a_mode_and_why() {
+        let mode = mode();
+        assert!(!mode_reason().is_empty(), "no reason recorded for {mode}");
+    }
+}
