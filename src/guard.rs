@@ -123,6 +123,22 @@ pub(crate) fn mode_reason() -> &'static str {
         .unwrap_or("")
 }
 
+/// An identifier of the calling process that no descendant shares.
+///
+/// It is the address of this process's record, which is leaked and so never reused along a
+/// lineage. In wipe-on-fork mode it tells a descendant from an exited ancestor even when the
+/// two share a PID; in syscall mode it is only as good as the PID check. The Python package
+/// uses it as the owner of its loops and fork-local values.
+///
+/// ```
+/// let token = forksafe::guard::process_token();
+/// assert_eq!(token, forksafe::guard::process_token());
+/// ```
+#[inline]
+pub fn process_token() -> u64 {
+    current() as *const Process as usize as u64
+}
+
 /// This process's ID, straight from the kernel (glibc caches nothing since 2.25).
 #[inline]
 pub(crate) fn getpid() -> u32 {

@@ -40,6 +40,9 @@ pub mod guard;
 pub mod registry;
 mod runtime;
 
+#[cfg(feature = "python")]
+pub mod python;
+
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 

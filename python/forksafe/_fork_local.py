@@ -1,0 +1,51 @@
+"""fork_local: a lazily built value per process, rebuilt after fork."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from ._owner import PerProcess
+
+T = TypeVar("T")
+
+
+class ForkLocal(Generic[T]):
+    """A value built by ``factory`` on first use in each process.
+
+    In a forked child, ``get()`` builds a new value instead of returning the parent's. The
+    inherited value is never closed, used or garbage-collected: closing an inherited socket,
+    HTTP session, DB connection or gRPC channel can tear down state the parent still uses.
+    """
+
+    __slots__ = ("_factory", "_per_process")
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        if not callable(factory):
+            raise TypeError(f"fork_local() needs a callable factory, got {factory!r}")
+        self._factory = factory
+        self._per_process: PerProcess[tuple[T]] = PerProcess()
+
+    def get(self) -> T:
+        """This process's value. If the factory raises, the error propagates and the next
+        ``get()`` tries again."""
+        record = self._per_process.record()
+        built = record.state
+        if built is None:
+            with record.lock:
+                built = record.state
+                if built is None:
+                    built = (self._factory(),)
+                    record.state = built
+        return built[0]
+
+    def is_built(self) -> bool:
+        """Whether this process already built its value."""
+        return self._per_process.record().state is not None
+
+    def __repr__(self) -> str:
+        return f"<fork_local {self._factory!r}>"
+
+
+def fork_local(factory: Callable[[], T]) -> ForkLocal[T]:
+    """A per-process lazy value: ``fork_local(make_client).get()``."""
+    return ForkLocal(factory)

@@ -1,0 +1,34 @@
+"""Type stubs for the native extension module ``forksafe._native``."""
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+__version__: str
+TEST_HOOKS: bool
+
+def process_token() -> int:
+    """An identifier of the calling process that no descendant shares."""
+
+def runtime_info() -> dict[str, Any]:
+    """This process's runtime state (pid, depth, runtimes_built, inherited_runtimes, guard)."""
+
+def configure(
+    *,
+    worker_threads: int | None = None,
+    thread_name: str | None = None,
+    max_blocking_threads: int | None = None,
+    thread_stack_size: int | None = None,
+) -> None:
+    """Configures this process's runtime before its first use."""
+
+class testing:  # a submodule at runtime
+    @staticmethod
+    def echo(x: T) -> Awaitable[T]: ...
+    @staticmethod
+    def sleep(seconds: float, value: T | None = None) -> Awaitable[T | None]: ...
+    @staticmethod
+    def pid() -> Awaitable[int]: ...
+    @staticmethod
+    def echo_sync(x: T) -> T: ...

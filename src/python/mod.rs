@@ -1,0 +1,180 @@
+//! The PyO3 bridge for extension authors (feature `python`).
+//!
+//! A drop-in for `pyo3_async_runtimes::tokio`: every spawn goes through the PID guard, so an
+//! extension's awaitables keep working in a forked child. Migrating is a one-line change:
+//!
+//! ```text
+//! - use pyo3_async_runtimes::tokio::future_into_py;
+//! + use forksafe::python::future_into_py;
+//! ```
+//!
+//! [`ForksafeRuntime`] implements `pyo3_async_runtimes::generic::{Runtime, ContextExt}`, so the
+//! rest of pyo3-async-runtimes' generic API works on top of forksafe too.
+
+use std::cell::OnceCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3_async_runtimes::generic::{self, ContextExt, Runtime as GenericRuntime};
+use pyo3_async_runtimes::TaskLocals;
+
+use crate::Error;
+
+#[cfg(feature = "native-module")]
+mod module;
+
+/// The pyo3-async-runtimes runtime type backed by this process's forksafe runtime.
+///
+/// ```
+/// use forksafe::python::ForksafeRuntime;
+/// use pyo3_async_runtimes::generic::Runtime;
+///
+/// let task = ForksafeRuntime::spawn(async {});
+/// forksafe::block_on(task).unwrap().unwrap();
+/// ```
+pub struct ForksafeRuntime;
+
+/// Why a task spawned through [`ForksafeRuntime`] did not complete.
+#[derive(Debug)]
+pub enum TaskError {
+    /// The task panicked or was cancelled.
+    Join(tokio::task::JoinError),
+    /// This process's runtime could not be built, so the task never ran.
+    Runtime(Error),
+}
+
+impl generic::JoinError for TaskError {
+    fn is_panic(&self) -> bool {
+        matches!(self, TaskError::Join(e) if e.is_panic())
+    }
+
+    fn into_panic(self) -> Box<dyn std::any::Any + Send + 'static> {
+        match self {
+            TaskError::Join(e) if e.is_panic() => e.into_panic(),
+            other => Box::new(format!("{other:?}")),
+        }
+    }
+}
+
+/// The join handle returned by [`ForksafeRuntime`]'s spawns.
+pub struct TaskHandle(Result<tokio::task::JoinHandle<()>, Option<Error>>);
+
+impl Future for TaskHandle {
+    type Output = Result<(), TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Ok(handle) => Pin::new(handle).poll(cx).map_err(TaskError::Join),
+            Err(error) => Poll::Ready(Err(TaskError::Runtime(
+                error.take().expect("TaskHandle polled after completion"),
+            ))),
+        }
+    }
+}
+
+impl GenericRuntime for ForksafeRuntime {
+    type JoinError = TaskError;
+    type JoinHandle = TaskHandle;
+
+    fn spawn<F>(fut: F) -> Self::JoinHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        TaskHandle(crate::spawn(fut).map_err(Some))
+    }
+
+    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        TaskHandle(crate::spawn_blocking(f).map_err(Some))
+    }
+}
+
+tokio::task_local! {
+    static TASK_LOCALS: OnceCell<TaskLocals>;
+}
+
+impl ContextExt for ForksafeRuntime {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        let cell = OnceCell::new();
+        let _ = cell.set(locals);
+        Box::pin(TASK_LOCALS.scope(cell, fut))
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS
+            .try_with(|cell| cell.get().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Converts a Rust future into a Python awaitable, run on this process's runtime.
+///
+/// A drop-in for `pyo3_async_runtimes::tokio::future_into_py`. Must be called with a running
+/// asyncio loop (from a coroutine, or a function called by one).
+///
+/// ```
+/// use pyo3::prelude::*;
+///
+/// #[pyfunction]
+/// fn answer(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+///     forksafe::python::future_into_py(py, async { Ok(42) })
+/// }
+/// ```
+pub fn future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    // Build (or fail to build) the runtime before handing anything to the generic layer, so a
+    // failure is a Python exception now rather than a future that never completes.
+    crate::runtime().map_err(to_py_err)?;
+    generic::future_into_py::<ForksafeRuntime, F, T>(py, fut)
+}
+
+/// Drives `fut` to completion on this process's runtime with the GIL released: the sync fast
+/// path for extension authors' blocking APIs, with no Python event loop in the way.
+///
+/// ```
+/// use pyo3::prelude::*;
+///
+/// #[pyfunction]
+/// fn answer_sync(py: Python<'_>) -> PyResult<u32> {
+///     forksafe::python::block_on(py, async { Ok(42) })
+/// }
+/// ```
+pub fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    F: Future<Output = PyResult<T>> + Send,
+    T: Send,
+{
+    py.detach(|| crate::block_on(fut)).map_err(to_py_err)?
+}
+
+/// Maps a forksafe [`Error`] onto the matching Python exception.
+///
+/// ```
+/// use pyo3::exceptions::PyValueError;
+/// use pyo3::Python;
+///
+/// Python::initialize();
+/// Python::attach(|py| {
+///     let err = forksafe::configure(forksafe::RuntimeConfig::new().worker_threads(0)).unwrap_err();
+///     assert!(forksafe::python::to_py_err(err).is_instance_of::<PyValueError>(py));
+/// });
+/// ```
+pub fn to_py_err(error: Error) -> PyErr {
+    let message = error.to_string();
+    match error {
+        Error::InvalidConfig { .. } => PyValueError::new_err(message),
+        Error::Build { .. } => PyOSError::new_err(message),
+        _ => PyRuntimeError::new_err(message),
+    }
+}

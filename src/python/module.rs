@@ -1,0 +1,136 @@
+//! `forksafe._native`: the extension module of the Python package (feature `native-module`).
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use super::{block_on, future_into_py, to_py_err};
+use crate::RuntimeConfig;
+
+/// An identifier of this process that a descendant never shares (see `guard::process_token`).
+#[pyfunction]
+fn process_token() -> u64 {
+    crate::guard::process_token()
+}
+
+/// This process's runtime state as a dict.
+#[pyfunction]
+fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = crate::process_info();
+    let dict = PyDict::new(py);
+    dict.set_item("pid", info.pid)?;
+    dict.set_item("depth", info.depth)?;
+    dict.set_item("runtimes_built", info.runtimes_built)?;
+    let inherited = PyList::empty(py);
+    for runtime in &info.inherited_runtimes {
+        inherited.append((runtime.pid, runtime.generations_back))?;
+    }
+    dict.set_item("inherited_runtimes", inherited)?;
+    dict.set_item("guard", info.guard.as_str())?;
+    dict.set_item("guard_reason", info.guard_reason)?;
+    Ok(dict)
+}
+
+/// Configures this process's runtime before its first use.
+#[pyfunction]
+#[pyo3(signature = (*, worker_threads=None, thread_name=None, max_blocking_threads=None, thread_stack_size=None))]
+fn configure(
+    worker_threads: Option<usize>,
+    thread_name: Option<String>,
+    max_blocking_threads: Option<usize>,
+    thread_stack_size: Option<usize>,
+) -> PyResult<()> {
+    let mut config = RuntimeConfig::new();
+    if let Some(n) = worker_threads {
+        config = config.worker_threads(n);
+    }
+    if let Some(name) = thread_name {
+        config = config.thread_name(name);
+    }
+    if let Some(n) = max_blocking_threads {
+        config = config.max_blocking_threads(n);
+    }
+    if let Some(bytes) = thread_stack_size {
+        config = config.thread_stack_size(bytes);
+    }
+    crate::configure(config).map_err(to_py_err)
+}
+
+/// Native probes: each goes through this process's runtime.
+mod testing {
+    use super::*;
+
+    /// Awaitable: yields once to the tokio scheduler, then returns `x`.
+    #[pyfunction]
+    pub fn echo(py: Python<'_>, x: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+        future_into_py(py, async move {
+            tokio::task::yield_now().await;
+            Ok(x)
+        })
+    }
+
+    /// Awaitable: a tokio timer of `seconds`, then returns `value`.
+    #[pyfunction]
+    #[pyo3(signature = (seconds, value=None))]
+    pub fn sleep(py: Python<'_>, seconds: f64, value: Option<Py<PyAny>>) -> PyResult<Bound<'_, PyAny>> {
+        let duration = std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
+            PyValueError::new_err(format!(
+                "seconds must be a finite number >= 0, got {seconds}"
+            ))
+        })?;
+        future_into_py(py, async move {
+            tokio::time::sleep(duration).await;
+            Ok(value)
+        })
+    }
+
+    /// Awaitable: the PID seen by a task on a runtime worker thread.
+    #[pyfunction]
+    pub fn pid(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        future_into_py(py, async move {
+            let task = crate::spawn(async { std::process::id() }).map_err(to_py_err)?;
+            task.await
+                .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+        })
+    }
+
+    /// Synchronous: the `echo` future driven on this process's runtime, GIL released.
+    #[pyfunction]
+    pub fn echo_sync(py: Python<'_>, x: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        block_on(py, async move {
+            tokio::task::yield_now().await;
+            Ok(x)
+        })
+    }
+
+    /// Test-only control: `echo` through plain `pyo3_async_runtimes::tokio`, which has no PID
+    /// guard. Its awaits hang in a forked child; the fork suite uses it to prove it can fail.
+    #[cfg(feature = "test-hooks")]
+    #[pyfunction]
+    pub fn control_echo(py: Python<'_>, x: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            tokio::task::yield_now().await;
+            Ok(x)
+        })
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("TEST_HOOKS", cfg!(feature = "test-hooks"))?;
+    m.add_function(wrap_pyfunction!(process_token, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_info, m)?)?;
+    m.add_function(wrap_pyfunction!(configure, m)?)?;
+
+    let probes = PyModule::new(py, "testing")?;
+    probes.add_function(wrap_pyfunction!(testing::echo, &probes)?)?;
+    probes.add_function(wrap_pyfunction!(testing::sleep, &probes)?)?;
+    probes.add_function(wrap_pyfunction!(testing::pid, &probes)?)?;
+    probes.add_function(wrap_pyfunction!(testing::echo_sync, &probes)?)?;
+    #[cfg(feature = "test-hooks")]
+    probes.add_function(wrap_pyfunction!(testing::control_echo, &probes)?)?;
+    m.add_submodule(&probes)?;
+    Ok(())
+}
