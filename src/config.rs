@@ -208,7 +208,12 @@ pub(crate) fn current() -> &'static RuntimeConfig {
         }
         let defaults = Box::into_raw(Box::new(RuntimeConfig::new()));
         if CONFIG
-            .compare_exchange(ptr::null_mut(), defaults, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                ptr::null_mut(),
+                defaults,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_err()
         {
             // SAFETY: never published, still exclusively ours.

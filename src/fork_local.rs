@@ -127,12 +127,10 @@ impl<T> ForkLocal<T> {
                 }
             }
             // `seen` is null or inherited: replace it and never free it (invariant 2).
-            match self.slot.compare_exchange_weak(
-                seen,
-                fresh,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .slot
+                .compare_exchange_weak(seen, fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
                 // SAFETY: published; lives until `Drop`.
                 Ok(_) => return unsafe { &*fresh },
                 Err(now) => seen = now,

@@ -23,6 +23,7 @@ use pyo3_async_runtimes::TaskLocals;
 
 use crate::Error;
 
+mod completion;
 #[cfg(feature = "native-module")]
 mod module;
 
@@ -118,7 +119,12 @@ impl ContextExt for ForksafeRuntime {
 /// Converts a Rust future into a Python awaitable, run on this process's runtime.
 ///
 /// A drop-in for `pyo3_async_runtimes::tokio::future_into_py`. Must be called with a running
-/// asyncio loop (from a coroutine, or a function called by one).
+/// asyncio loop (from a coroutine, or a function called by one). Inside the future,
+/// `pyo3_async_runtimes::generic::get_current_locals::<ForksafeRuntime>` finds the loop.
+///
+/// Completions reach the loop through one queue per loop, drained on a single wake (see
+/// `docs/design.md`): no thread per await, and no Python object is dropped off the GIL by the
+/// bridge. If Python cancels the awaitable, the future is dropped at its next poll.
 ///
 /// ```
 /// use pyo3::prelude::*;
@@ -133,10 +139,35 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    // Build (or fail to build) the runtime before handing anything to the generic layer, so a
-    // failure is a Python exception now rather than a future that never completes.
-    crate::runtime().map_err(to_py_err)?;
-    generic::future_into_py::<ForksafeRuntime, F, T>(py, fut)
+    let locals = match ForksafeRuntime::get_task_locals() {
+        Some(locals) => locals,
+        None => TaskLocals::new(completion::running_loop(py)?),
+    };
+    completion::future_into_py(py, locals, fut)
+}
+
+/// [`future_into_py`] with explicit task locals (the loop to complete on), like
+/// `pyo3_async_runtimes::tokio::future_into_py_with_locals`.
+///
+/// ```
+/// use pyo3::prelude::*;
+/// use pyo3_async_runtimes::TaskLocals;
+///
+/// #[pyfunction]
+/// fn answer_on(py: Python<'_>, event_loop: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyAny>> {
+///     forksafe::python::future_into_py_with_locals(py, TaskLocals::new(event_loop), async { Ok(42) })
+/// }
+/// ```
+pub fn future_into_py_with_locals<F, T>(
+    py: Python<'_>,
+    locals: TaskLocals,
+    fut: F,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    completion::future_into_py(py, locals, fut)
 }
 
 /// Drives `fut` to completion on this process's runtime with the GIL released: the sync fast

@@ -72,7 +72,11 @@ mod testing {
     /// Awaitable: a tokio timer of `seconds`, then returns `value`.
     #[pyfunction]
     #[pyo3(signature = (seconds, value=None))]
-    pub fn sleep(py: Python<'_>, seconds: f64, value: Option<Py<PyAny>>) -> PyResult<Bound<'_, PyAny>> {
+    pub fn sleep(
+        py: Python<'_>,
+        seconds: f64,
+        value: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'_, PyAny>> {
         let duration = std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
             PyValueError::new_err(format!(
                 "seconds must be a finite number >= 0, got {seconds}"
