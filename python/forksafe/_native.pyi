@@ -14,6 +14,9 @@ def process_token() -> int:
 def runtime_info() -> dict[str, Any]:
     """This process's runtime state (pid, depth, runtimes_built, inherited_runtimes, guard)."""
 
+def build_info() -> dict[str, Any]:
+    """What the extension was built with: ``tokio_features`` and ``test_hooks``."""
+
 def configure(
     *,
     worker_threads: int | None = None,

@@ -7,6 +7,19 @@ use pyo3::types::{PyDict, PyList};
 use super::{block_on, future_into_py, to_py_err};
 use crate::RuntimeConfig;
 
+/// tokio's features in this build. `scripts/test` checks this list against
+/// `cargo tree -e normal,features -i tokio`, so it cannot drift from what is compiled in.
+const TOKIO_FEATURES: &[&str] = &["net", "rt", "rt-multi-thread", "time"];
+
+/// What this extension was built with.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("tokio_features", TOKIO_FEATURES.to_vec())?;
+    dict.set_item("test_hooks", cfg!(feature = "test-hooks"))?;
+    Ok(dict)
+}
+
 /// An identifier of this process that a descendant never shares (see `guard::process_token`).
 #[pyfunction]
 fn process_token() -> u64 {
@@ -127,6 +140,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process_token, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_info, m)?)?;
     m.add_function(wrap_pyfunction!(configure, m)?)?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
 
     let probes = PyModule::new(py, "testing")?;
     probes.add_function(wrap_pyfunction!(testing::echo, &probes)?)?;

@@ -1,0 +1,55 @@
+"""A child made by each fork path works at once, with no at-fork hook anywhere.
+
+* ``os.fork``: Python's own fork (its at-fork machinery runs, forksafe registers nothing there).
+* ``c-fork``: libc ``fork()`` called from C through ``ctypes.PyDLL``: CPython never runs
+  ``PyOS_AfterFork_Child`` or any ``os.register_at_fork`` callback.
+* ``raw-syscall``: a ``clone(SIGCHLD)`` system call: not even ``pthread_atfork`` handlers run.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import forkutil
+import pytest
+
+
+@pytest.mark.parametrize("method", forkutil.METHODS)
+def test_child_works_after_fork(method: str, parent_report: dict[str, Any]) -> None:
+    if method == "raw-syscall":
+        # No glibc fork handlers run: nothing else may be running at the instant of fork.
+        forkutil.quiesce(parent_report)
+    v = forkutil.new_value(method)
+    report = forkutil.run_child(forkutil.exercise, v, method=method)
+    forkutil.check(report, v, parent_report)
+    # The parent is untouched: same runtime, loop and client, still working.
+    after = forkutil.exercise_parent()
+    assert after["loop_id"] == parent_report["loop_id"]
+    assert after["fork_local"] == parent_report["fork_local"]
+    assert after["info"]["runtimes_built"] == 1
+    assert after["info"]["inherited_runtimes"] == parent_report["info"]["inherited_runtimes"]
+
+
+@pytest.mark.parametrize("method", ["os.fork", "c-fork"])
+def test_fork_from_a_non_main_thread(method: str, parent_report: dict[str, Any]) -> None:
+    v = forkutil.new_value(f"thread-{method}")
+    outcomes: list[forkutil.ChildOutcome] = []
+    errors: list[BaseException] = []
+
+    def fork_here() -> None:
+        try:
+            outcomes.append(forkutil.spawn_child(forkutil.exercise, v, method=method))
+        except BaseException as error:
+            errors.append(error)
+
+    forker = threading.Thread(target=fork_here, name="forker")
+    forker.start()
+    # The detector inside the thread kills a hung child after CHILD_DEADLINE.
+    forker.join(timeout=forkutil.CHILD_DEADLINE + 15)
+    assert not forker.is_alive(), "the forking thread itself is stuck"
+    assert not errors, f"forking from a thread raised: {errors!r}"
+    assert len(outcomes) == 1
+    report = outcomes[0].require()
+    forkutil.check(report, v, parent_report)
+    forkutil.exercise_parent()
