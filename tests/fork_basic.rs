@@ -110,7 +110,11 @@ fn nested_forks_eight_deep() {
         assert_eq!(view.parse::<u32>("generation"), gen);
         check_workload(&view, pid);
         let info = reported_info(&view, "info.");
-        assert_eq!(info.depth, gen, "generation {gen}; output:\n{}", view.output);
+        assert_eq!(
+            info.depth, gen,
+            "generation {gen}; output:\n{}",
+            view.output
+        );
         let expected: Vec<(u32, u32)> = lineage
             .iter()
             .rev()
@@ -182,7 +186,10 @@ fn thirty_two_threads_racing_the_first_access_build_one_runtime() {
         report.assert_ok();
         let child = report.pid as u32;
         let addr: usize = report.parse("runtime_addr");
-        assert_ne!(addr, parent_rt, "round {round}: child reused the inherited runtime");
+        assert_ne!(
+            addr, parent_rt,
+            "round {round}: child reused the inherited runtime"
+        );
         for i in 0..THREADS {
             assert_eq!(
                 report.parse::<usize>(&format!("t{i}.addr")),
@@ -240,10 +247,7 @@ fn fork_from_inside_a_runtime_task() {
     assert_eq!(report.parse::<u32>("early_task_pid"), child);
     assert_eq!(report.parse::<u64>("early_task_value"), task_value(child));
     assert_ne!(report.parse::<usize>("runtime_addr"), parent_rt);
-    assert_eq!(
-        reported_info(&report, "info.").inherited,
-        vec![(parent, 1)]
-    );
+    assert_eq!(reported_info(&report, "info.").inherited, vec![(parent, 1)]);
     parent_still_works();
 }
 
@@ -313,7 +317,9 @@ fn hang_detector_kills_a_hung_child_and_its_descendants() {
     let start = std::time::Instant::now();
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(')').map_or("", |(_, rest)| rest.trim_start());
+        let state = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest.trim_start());
         if stat.is_empty() || state.starts_with('Z') || state.starts_with('X') {
             break;
         }

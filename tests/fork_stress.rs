@@ -116,7 +116,11 @@ fn forks_from_a_side_thread_while_parent_tasks_run() {
     })
     .unwrap();
     let ids: HashSet<u64> = sentinel_results.iter().map(|r| r.0).collect();
-    assert_eq!(ids.len() as u64, SENTINELS, "sentinel results lost or duplicated");
+    assert_eq!(
+        ids.len() as u64,
+        SENTINELS,
+        "sentinel results lost or duplicated"
+    );
     for (id, value, pid) in sentinel_results {
         assert_eq!(value, id * 11 + 5);
         assert_eq!(pid, parent);

@@ -87,7 +87,10 @@ fn raw_fork_syscall() -> pid_t {
     }
 }
 
-#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 fn raw_fork_syscall() -> pid_t {
     panic!("the raw clone fork is wired only for Linux on x86_64 and aarch64")
 }
@@ -215,9 +218,17 @@ impl Reporter {
             sub.kv("@status", status);
         }
         for line in report.output.lines() {
-            write_all_fd(self.fd, format!("{}{prefix}{line}\n", self.prefix).as_bytes());
+            write_all_fd(
+                self.fd,
+                format!("{}{prefix}{line}\n", self.prefix).as_bytes(),
+            );
         }
     }
+}
+
+/// A reporter on any descriptor (for checks that run in the test process itself).
+pub fn reporter_on(fd: c_int) -> Reporter {
+    Reporter::new(fd)
 }
 
 /// Runs `f` in a child process and leaves with `_exit`: 0 after reporting `@done=1`, or 101
@@ -465,7 +476,11 @@ fn wait_child(pid: pid_t, read_fd: c_int, deadline: Duration, group: bool) -> Ch
                 revents: 0,
             });
         }
-        let timeout = if pidfd >= 0 { remaining } else { remaining.min(5) };
+        let timeout = if pidfd >= 0 {
+            remaining
+        } else {
+            remaining.min(5)
+        };
         // SAFETY: `polled` is a live array of `polled.len()` pollfds.
         unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout) };
         if !eof && polled[0].revents != 0 {
@@ -652,7 +667,11 @@ fn busy_threads(me: i32) -> Vec<String> {
         return vec!["/proc/self/task unreadable".to_owned()];
     };
     for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
             continue;
         };
         if tid == me {
@@ -675,7 +694,9 @@ fn busy_threads(me: i32) -> Vec<String> {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
-            let state = stat.rsplit_once(')').map_or("", |(_, rest)| rest.trim_start());
+            let state = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest.trim_start());
             if !state.starts_with('S') {
                 busy.push(format!("{tid} ({name}): state {state:.1}"));
             }
@@ -807,9 +828,7 @@ pub async fn tcp_round_trip(seed: u64) -> (u64, u32) {
         getpid()
     })
     .expect("spawn server");
-    let mut client = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect");
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
     client
         .write_all(&seed.to_le_bytes())
         .await
@@ -893,7 +912,12 @@ pub fn reported_info(report: &ChildReport, prefix: &str) -> ReportedInfo {
 #[track_caller]
 pub fn check_workload(report: &ChildReport, pid: u32) {
     let ctx = || format!("child output:\n{}", report.output);
-    assert_eq!(report.parse::<u32>("pid"), pid, "getpid() in the child; {}", ctx());
+    assert_eq!(
+        report.parse::<u32>("pid"),
+        pid,
+        "getpid() in the child; {}",
+        ctx()
+    );
     assert_eq!(
         report.parse::<u32>("worker_pid"),
         pid,
@@ -906,7 +930,12 @@ pub fn check_workload(report: &ChildReport, pid: u32) {
         report.value("worker_thread"),
         ctx()
     );
-    assert_eq!(report.parse::<u64>("task_value"), task_value(pid), "{}", ctx());
+    assert_eq!(
+        report.parse::<u64>("task_value"),
+        task_value(pid),
+        "{}",
+        ctx()
+    );
     assert_eq!(report.value("timer"), "fired", "{}", ctx());
     assert_eq!(
         report.parse::<u64>("tcp_answer"),

@@ -1,0 +1,280 @@
+//! Scenario 9: `ForkLocal<T>` is rebuilt in a child, untouched in the parent, and the inherited
+//! value is never dropped in the child (invariant 2).
+//!
+//! Each test has its own statics, so the tests of this binary may run in parallel.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use forksafe::ForkLocal;
+
+use common::*;
+
+/// A per-process resource that remembers who built it and logs its own drop.
+struct Resource {
+    built_by: u32,
+    serial: u32,
+    log: &'static DropLog,
+}
+
+/// Counts builds and drops, and remembers who built the dropped values, without locks (a lock
+/// could be held by a parent thread at fork).
+struct DropLog {
+    inits: AtomicU32,
+    drops: AtomicU32,
+    drops_built_elsewhere: AtomicU32,
+    last_dropped_built_by: AtomicU32,
+}
+
+impl DropLog {
+    const fn new() -> Self {
+        DropLog {
+            inits: AtomicU32::new(0),
+            drops: AtomicU32::new(0),
+            drops_built_elsewhere: AtomicU32::new(0),
+            last_dropped_built_by: AtomicU32::new(0),
+        }
+    }
+
+    fn build(&'static self) -> Resource {
+        let serial = self.inits.fetch_add(1, Ordering::SeqCst) + 1;
+        Resource {
+            built_by: getpid(),
+            serial,
+            log: self,
+        }
+    }
+
+    fn report(&self, rep: &Reporter, prefix: &str) {
+        let rep = rep.with_prefix(prefix);
+        rep.kv("inits", self.inits.load(Ordering::SeqCst));
+        rep.kv("drops", self.drops.load(Ordering::SeqCst));
+        rep.kv(
+            "drops_built_elsewhere",
+            self.drops_built_elsewhere.load(Ordering::SeqCst),
+        );
+        rep.kv(
+            "last_dropped_built_by",
+            self.last_dropped_built_by.load(Ordering::SeqCst),
+        );
+    }
+}
+
+impl Drop for Resource {
+    fn drop(&mut self) {
+        self.log.drops.fetch_add(1, Ordering::SeqCst);
+        self.log
+            .last_dropped_built_by
+            .store(self.built_by, Ordering::SeqCst);
+        if self.built_by != getpid() {
+            // An inherited value dropped: exactly what must never happen.
+            self.log
+                .drops_built_elsewhere
+                .fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+static STATIC_LOG: DropLog = DropLog::new();
+static STATIC_LOCAL: ForkLocal<Resource> = ForkLocal::new(|| STATIC_LOG.build());
+
+/// A static `ForkLocal`: built once in the parent; the child sees nothing built (by it), builds
+/// its own value once even with 16 threads racing, and drops nothing; the parent's value, its
+/// address and its build counter are unchanged after the child.
+#[test]
+fn fork_local_is_rebuilt_in_the_child_and_untouched_in_the_parent() {
+    let parent = getpid();
+    let value = STATIC_LOCAL.get();
+    assert_eq!(value.built_by, parent);
+    assert_eq!(value.serial, 1);
+    let parent_addr = value as *const Resource as usize;
+    assert_eq!(STATIC_LOG.inits.load(Ordering::SeqCst), 1);
+
+    let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        rep.kv(
+            "built_before_get",
+            STATIC_LOCAL.get_if_built().map_or(0, |r| r.built_by),
+        );
+        const THREADS: usize = 16;
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let barrier = barrier.clone();
+                spawn_thread(&format!("getter-{i}"), move || {
+                    barrier.wait();
+                    let v = STATIC_LOCAL.get();
+                    (v as *const Resource as usize, v.built_by, v.serial)
+                })
+            })
+            .collect();
+        for (i, t) in threads.into_iter().enumerate() {
+            let (addr, built_by, serial) = t.join().expect("getter panicked");
+            rep.kv(&format!("t{i}"), format!("{addr}/{built_by}/{serial}"));
+        }
+        let mine = STATIC_LOCAL.get();
+        rep.kv("addr", mine as *const Resource as usize);
+        rep.kv("built_by", mine.built_by);
+        rep.kv("serial", mine.serial);
+        rep.kv(
+            "get_if_built",
+            STATIC_LOCAL.get_if_built().map_or(0, |r| r.built_by),
+        );
+        // The value is usable from the runtime too: a task sees the child's value.
+        let seen_by_task = forksafe::block_on(async {
+            forksafe::spawn(async { STATIC_LOCAL.get().built_by })
+                .unwrap()
+                .await
+                .unwrap()
+        })
+        .unwrap();
+        rep.kv("built_by_seen_in_task", seen_by_task);
+        STATIC_LOG.report(rep, "log.");
+    });
+    report.assert_ok();
+    let child = report.pid as u32;
+    let ctx = format!("output:\n{}", report.output);
+    assert_eq!(report.value("built_before_get"), "0", "{ctx}");
+    assert_eq!(report.parse::<u32>("built_by"), child, "{ctx}");
+    assert_eq!(
+        report.parse::<u32>("serial"),
+        2,
+        "one build in the child; {ctx}"
+    );
+    assert_eq!(report.parse::<u32>("get_if_built"), child, "{ctx}");
+    assert_eq!(report.parse::<u32>("built_by_seen_in_task"), child, "{ctx}");
+    let child_addr = report.value("addr");
+    assert_ne!(child_addr, parent_addr.to_string(), "{ctx}");
+    for i in 0..16 {
+        assert_eq!(
+            report.value(&format!("t{i}")),
+            format!("{child_addr}/{child}/2"),
+            "thread {i}; {ctx}"
+        );
+    }
+    assert_eq!(report.parse::<u32>("log.inits"), 2, "{ctx}");
+    assert_eq!(
+        report.parse::<u32>("log.drops"),
+        0,
+        "the child dropped a value; {ctx}"
+    );
+
+    // The parent: same value, same address, no rebuild, nothing dropped.
+    let again = STATIC_LOCAL.get();
+    assert_eq!(again as *const Resource as usize, parent_addr);
+    assert_eq!(again.built_by, parent);
+    assert_eq!(again.serial, 1);
+    assert_eq!(STATIC_LOG.inits.load(Ordering::SeqCst), 1);
+    assert_eq!(STATIC_LOG.drops.load(Ordering::SeqCst), 0);
+}
+
+static OWNED_LOG: DropLog = DropLog::new();
+
+fn build_owned() -> Resource {
+    OWNED_LOG.build()
+}
+
+/// A `ForkLocal` that is itself dropped. In a child, dropping it leaks the inherited value
+/// (never runs its destructor), whether or not the child built its own; the child's own value is
+/// dropped normally. In the parent, dropping it drops the parent's value (so the counters can
+/// see a drop at all).
+#[test]
+fn dropping_a_fork_local_in_a_child_never_drops_the_inherited_value() {
+    let parent = getpid();
+    // In an Option so that a child can take and drop it (the closures borrow it mutably, one
+    // after the other); the parent's copy stays in place.
+    let mut local = Some(ForkLocal::new(build_owned));
+    assert_eq!(local.as_ref().unwrap().get().built_by, parent);
+
+    // Child 1 drops it without using it.
+    let untouched = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        drop(local.take());
+        OWNED_LOG.report(rep, "log.");
+    });
+    // Child 2 builds its own value, then drops the ForkLocal.
+    let rebuilt = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        let built_by = local.as_ref().unwrap().get().built_by;
+        rep.kv("built_by", built_by);
+        drop(local.take());
+        OWNED_LOG.report(rep, "log.");
+    });
+    let local = local.expect("the parent's ForkLocal is still there");
+
+    untouched.assert_ok();
+    let ctx = format!("output:\n{}", untouched.output);
+    assert_eq!(untouched.parse::<u32>("log.inits"), 1, "{ctx}");
+    assert_eq!(
+        untouched.parse::<u32>("log.drops"),
+        0,
+        "the inherited value was dropped; {ctx}"
+    );
+
+    rebuilt.assert_ok();
+    let child = rebuilt.pid as u32;
+    let ctx = format!("output:\n{}", rebuilt.output);
+    assert_eq!(rebuilt.parse::<u32>("built_by"), child, "{ctx}");
+    assert_eq!(rebuilt.parse::<u32>("log.inits"), 2, "{ctx}");
+    assert_eq!(
+        rebuilt.parse::<u32>("log.drops"),
+        1,
+        "exactly the child's own value is dropped; {ctx}"
+    );
+    assert_eq!(
+        rebuilt.parse::<u32>("log.last_dropped_built_by"),
+        child,
+        "{ctx}"
+    );
+    assert_eq!(
+        rebuilt.parse::<u32>("log.drops_built_elsewhere"),
+        0,
+        "{ctx}"
+    );
+
+    // The parent: untouched by both children, and its own drop works.
+    assert_eq!(local.get().built_by, parent);
+    assert_eq!(OWNED_LOG.inits.load(Ordering::SeqCst), 1);
+    assert_eq!(OWNED_LOG.drops.load(Ordering::SeqCst), 0);
+    drop(local);
+    assert_eq!(OWNED_LOG.drops.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        OWNED_LOG.last_dropped_built_by.load(Ordering::SeqCst),
+        parent
+    );
+}
+
+static NESTED_LOG: DropLog = DropLog::new();
+static NESTED_LOCAL: ForkLocal<Resource> = ForkLocal::new(|| NESTED_LOG.build());
+
+/// Three generations: each builds its own value once; none drops an ancestor's.
+#[test]
+fn fork_local_in_a_grandchild() {
+    let parent = getpid();
+    assert_eq!(NESTED_LOCAL.get().built_by, parent);
+    let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        rep.kv("built_by", NESTED_LOCAL.get().built_by);
+        let grandchild = fork_child(ForkMethod::Libc, Duration::from_secs(20), |rep| {
+            rep.kv("built_by", NESTED_LOCAL.get().built_by);
+            rep.kv("serial", NESTED_LOCAL.get().serial);
+            NESTED_LOG.report(rep, "log.");
+        });
+        rep.forward("gc.", &grandchild);
+        rep.kv("built_by_after", NESTED_LOCAL.get().built_by);
+        NESTED_LOG.report(rep, "log.");
+    });
+    report.assert_ok();
+    let child = report.pid as u32;
+    assert_eq!(report.parse::<u32>("built_by"), child);
+    assert_eq!(report.parse::<u32>("built_by_after"), child);
+    assert_eq!(report.parse::<u32>("log.inits"), 2);
+    assert_eq!(report.parse::<u32>("log.drops"), 0);
+    let gc = report.sub("gc.");
+    gc.assert_ok();
+    assert_eq!(gc.parse::<u32>("built_by"), gc.pid as u32);
+    assert_eq!(gc.parse::<u32>("serial"), 3);
+    assert_eq!(gc.parse::<u32>("log.inits"), 3);
+    assert_eq!(gc.parse::<u32>("log.drops"), 0);
+    assert_eq!(NESTED_LOCAL.get().built_by, parent);
+    assert_eq!(NESTED_LOG.inits.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,418 @@
+"""Process plumbing for the integration tests: services, the process table, forks, deadlines.
+
+Everything here has a deadline. A server or worker runs in its own session (so its whole process
+group can be found and killed), writes its output to files, and is stopped by the test; a hang
+fails the test with the last lines the process wrote. Forked children report over a pipe and are
+killed when they miss their deadline; their last words go into the failure message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+APPS = HERE / "apps"
+OUTPUT_LINES = 40
+
+# --------------------------------------------------------------------------------------------
+# The process table (Linux /proc). Zombies count as gone: in this container PID 1 does not reap
+# orphans, so a dead, orphaned worker stays a zombie forever.
+# --------------------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, ppid, pgrp)`` of ``pid``, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def parent_of(pid: int) -> int | None:
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _live() -> list[tuple[int, int, int]]:
+    """``(pid, ppid, pgrp)`` of every live process."""
+    rows = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None and stat[0] not in ("Z", "X"):
+                rows.append((int(name), stat[1], stat[2]))
+    return rows
+
+
+def live_descendants(root: int) -> set[int]:
+    """Live processes below ``root`` in the parent tree."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in _live():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return {pid for pid in found if is_alive(pid)}
+
+
+def live_group_members(pgid: int) -> set[int]:
+    """Live processes in process group ``pgid`` (orphans included, whoever their parent is)."""
+    return {pid for pid, _, pgrp in _live() if pgrp == pgid}
+
+
+def describe(pids: Iterable[int]) -> str:
+    """One line per PID: its state and command line, for failure messages."""
+    lines = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        stat = _stat(pid)
+        lines.append(f"  pid {pid} state {stat[0] if stat else 'gone'}: {cmd[:200]}")
+    return "\n".join(lines) or "  (none)"
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Polls ``predicate`` until it holds or ``timeout`` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------
+# Listening sockets, bound by the test and handed to the server (no port race).
+# --------------------------------------------------------------------------------------------
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 on a port the kernel picks (bind to port 0)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+# --------------------------------------------------------------------------------------------
+# Services: subprocesses in their own session, output in files, stopped with a deadline.
+# --------------------------------------------------------------------------------------------
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The test's environment (FORKSAFE_PID_CHECK included) with the apps directory importable."""
+    env = dict(os.environ)
+    path = [str(APPS), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def tail(path: Path, lines: int = OUTPUT_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no output file)"
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else "(empty)"
+
+
+class Service:
+    """A server or worker process started and stopped by a test."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        workdir: Path,
+        *,
+        cwd: Path = APPS,
+        env: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.env = env if env is not None else subprocess_env()
+        self.pass_fds = tuple(pass_fds)
+        self.stdout_path = workdir / f"{name}.stdout"
+        self.stderr_path = workdir / f"{name}.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self.stopped_by_sigkill = False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Service:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                pass_fds=self.pass_fds,
+                start_new_session=True,  # its own process group: every worker can be found
+            )
+        return self
+
+    def output(self) -> str:
+        return (
+            f"--- {self.name} (pid {self.proc.pid if self.proc else '-'}) last stdout lines ---\n"
+            f"{tail(self.stdout_path)}\n"
+            f"--- {self.name} last stderr lines ---\n{tail(self.stderr_path)}"
+        )
+
+    def fail(self, message: str) -> None:
+        pytest.fail(f"{message}\n{self.output()}", pytrace=False)
+
+    def require_running(self) -> None:
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None:
+            self.fail(f"{self.name} exited unexpectedly with code {code}")
+
+    def stop(self, graceful: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL to the whole group after ``graceful`` seconds; then makes sure
+        no process of the group is left (fails the test if one survives SIGKILL)."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=graceful)
+            except subprocess.TimeoutExpired:
+                self.stopped_by_sigkill = True
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.fail(f"{self.name} survived SIGKILL for 10 s")
+        if self.exit_code is None:
+            self.exit_code = self.proc.returncode
+        # Workers whose master is gone are orphans in the same group: give them a moment to
+        # notice, then kill whatever is left.
+        if not wait_until(lambda: not live_group_members(pgid), timeout=5):
+            kill_all(live_group_members(pgid))
+            if not wait_until(lambda: not live_group_members(pgid), timeout=10):
+                self.fail(
+                    f"{self.name}: processes of group {pgid} survived SIGKILL:\n"
+                    + describe(live_group_members(pgid))
+                )
+
+    def leftovers(self) -> set[int]:
+        return live_group_members(self.pid) if self.proc is not None else set()
+
+
+# --------------------------------------------------------------------------------------------
+# Forked children under a hang detector.
+# --------------------------------------------------------------------------------------------
+
+
+def _write_line(fd: int, message: dict[str, Any]) -> None:
+    data = memoryview(json.dumps(message).encode() + b"\n")
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class ChildResult:
+    """What one forked child reported."""
+
+    def __init__(self, index: int, pid: int) -> None:
+        self.index = index
+        self.pid = pid
+        self.buffer = b""
+        self.eof = False
+        self.status: int | None = None
+        self.killed = False
+
+    def messages(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.buffer.decode(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"progress": f"(unparsed) {line}"})
+        return out
+
+    @property
+    def report(self) -> Any:
+        return next((m["report"] for m in self.messages() if "report" in m), None)
+
+    @property
+    def error(self) -> str | None:
+        return next((m["error"] for m in self.messages() if "error" in m), None)
+
+    def last_words(self, lines: int = 15) -> str:
+        words = []
+        for m in self.messages():
+            if "progress" in m:
+                words.append(str(m["progress"]))
+            elif "error" in m:
+                words.append(f"error:\n{m['error']}")
+            elif "report" in m:
+                words.append("(sent its report)")
+        return "\n".join(words[-lines:]) or "(nothing)"
+
+
+class Reporter:
+    """A child's line to its parent."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def progress(self, message: str) -> None:
+        _write_line(self.fd, {"progress": f"[pid {os.getpid()}] {message}"})
+
+
+def fork_children(
+    count: int,
+    body: Callable[[int, Reporter], Any],
+    *,
+    deadline: float = 20.0,
+    start_together: bool = True,
+) -> list[ChildResult]:
+    """Forks ``count`` children with ``os.fork``; child ``i`` runs ``body(i, reporter)`` and its
+    return value goes back to the parent as JSON. With ``start_together`` every child waits on a
+    shared pipe until all are forked, so their work overlaps. Children leave with ``os._exit``.
+
+    The parent reads every pipe until ``deadline`` seconds have passed; a child that has not
+    finished by then is killed with SIGKILL and the test fails with its last words.
+    """
+    go_r, go_w = os.pipe()
+    children: list[ChildResult] = []
+    fds: dict[int, ChildResult] = {}
+    try:
+        for index in range(count):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: never returns
+                code = 1
+                try:
+                    os.close(r)
+                    os.close(go_w)
+                    reporter = Reporter(w)
+                    reporter.progress(f"child {index} started")
+                    if start_together:
+                        select.select([go_r], [], [], deadline)
+                    _write_line(w, {"report": body(index, reporter)})
+                    code = 0
+                except BaseException:
+                    try:
+                        _write_line(w, {"error": traceback.format_exc()})
+                    except BaseException:
+                        pass
+                finally:
+                    os._exit(code)
+            os.close(w)
+            child = ChildResult(index, pid)
+            children.append(child)
+            fds[r] = child
+    finally:
+        os.close(go_w)  # releases the children (EOF on go_r), also if forking failed midway
+        os.close(go_r)
+    expires = time.monotonic() + deadline
+    try:
+        while fds or any(c.status is None for c in children):
+            for child in children:
+                if child.status is None:
+                    done, status = os.waitpid(child.pid, os.WNOHANG)
+                    if done:
+                        child.status = status
+            remaining = expires - time.monotonic()
+            if remaining <= 0:
+                break
+            if fds:
+                ready, _, _ = select.select(list(fds), [], [], min(remaining, 0.05))
+                for fd in ready:
+                    data = os.read(fd, 65536)
+                    if data:
+                        fds[fd].buffer += data
+                    else:
+                        fds.pop(fd).eof = True
+                        os.close(fd)
+            else:
+                time.sleep(0.01)
+    finally:
+        for fd in list(fds):
+            os.close(fd)
+        for child in children:
+            if child.status is None:
+                child.killed = True
+                kill_all([child.pid])
+                _, child.status = os.waitpid(child.pid, 0)
+    hung = [c for c in children if c.killed]
+    if hung:
+        details = "\n".join(
+            f"child {c.index} (pid {c.pid}) hung and was killed; last words:\n{c.last_words()}"
+            for c in hung
+        )
+        pytest.fail(f"{len(hung)} of {count} children missed the {deadline:.0f} s deadline:\n"
+                    f"{details}", pytrace=False)  # fmt: skip
+    broken = [
+        c for c in children
+        if c.error is not None or c.report is None or os.waitstatus_to_exitcode(c.status or 0)
+    ]  # fmt: skip
+    if broken:
+        details = "\n".join(
+            f"child {c.index} (pid {c.pid}) exit {os.waitstatus_to_exitcode(c.status or 0)}; "
+            f"last words:\n{c.last_words()}"
+            for c in broken
+        )
+        pytest.fail(f"{len(broken)} of {count} children failed:\n{details}", pytrace=False)
+    return children
+
+
+def python() -> str:
+    return sys.executable
