@@ -97,6 +97,8 @@ class BackgroundEventLoop:
         exception re-raised. An exception inside the coroutine propagates with its traceback.
         Calling it from the loop's own thread raises ``RuntimeError``: ``await`` instead.
         """
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(f"run() needs a coroutine object, got {type(coro).__name__}")
         if timeout is not None and not timeout >= 0:
             _close(coro)
             raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
@@ -107,16 +109,66 @@ class BackgroundEventLoop:
                 "BackgroundEventLoop.run() was called from the loop's own thread, where it "
                 "would deadlock; `await` the coroutine instead"
             )
-        future = self.submit(coro)
+        # Lighter than run_coroutine_threadsafe (no concurrent.futures.Future, no Condition):
+        # one lock handed from the loop thread back to the caller.
+        call = _Call(coro)
+        running.loop.call_soon_threadsafe(call.start, running.loop)
         try:
-            return future.result(timeout)
-        except BaseException:
-            # Timeout, KeyboardInterrupt, or the coroutine's own error (then a no-op).
-            future.cancel()
+            finished = call.done.acquire(True, -1 if timeout is None else timeout)
+        except BaseException:  # KeyboardInterrupt while waiting
+            call.cancel(running.loop)
             raise
+        if not finished:
+            call.cancel(running.loop)
+            raise TimeoutError(f"the coroutine did not finish within {timeout} s; it was cancelled")
+        return call.result()
 
     def __repr__(self) -> str:
         return f"<BackgroundEventLoop {self._name!r}>"
+
+
+class _Call:
+    """One run(): started on the loop thread, finished by releasing ``done``."""
+
+    __slots__ = ("cancelled", "coro", "done", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro: Coroutine[Any, Any, Any] | None = coro
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        coro, self.coro = self.coro, None
+        assert coro is not None
+        if self.cancelled:
+            coro.close()
+            self.done.release()
+            return
+        try:
+            self.task = loop.create_task(coro)
+        except BaseException:
+            coro.close()
+            self.done.release()
+            raise
+        self.task.add_done_callback(self._finish)
+
+    def _finish(self, _task: asyncio.Task[Any]) -> None:
+        self.done.release()
+
+    def cancel(self, loop: asyncio.AbstractEventLoop) -> None:
+        def cancel_on_loop() -> None:
+            self.cancelled = True
+            if self.task is not None:
+                self.task.cancel()
+
+        loop.call_soon_threadsafe(cancel_on_loop)
+
+    def result(self) -> Any:
+        if self.task is None:
+            raise concurrent.futures.CancelledError()
+        return self.task.result()
 
 
 def _close(coro: object) -> None:

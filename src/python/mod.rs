@@ -154,7 +154,8 @@ where
 /// use pyo3_async_runtimes::TaskLocals;
 ///
 /// #[pyfunction]
-/// fn answer_on(py: Python<'_>, event_loop: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyAny>> {
+/// fn answer_on<'py>(event_loop: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+///     let py = event_loop.py();
 ///     forksafe::python::future_into_py_with_locals(py, TaskLocals::new(event_loop), async { Ok(42) })
 /// }
 /// ```

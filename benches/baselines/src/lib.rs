@@ -38,7 +38,12 @@ fn hooked_runtime() -> &'static TokioRuntime {
             .build()
             .expect("baseline runtime"),
     ));
-    match HOOKED.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+    match HOOKED.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
         // SAFETY: published and leaked.
         Ok(_) => unsafe { &*fresh },
         Err(winner) => {

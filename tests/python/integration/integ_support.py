@@ -398,12 +398,15 @@ def fork_children(
             f"child {c.index} (pid {c.pid}) hung and was killed; last words:\n{c.last_words()}"
             for c in hung
         )
-        pytest.fail(f"{len(hung)} of {count} children missed the {deadline:.0f} s deadline:\n"
-                    f"{details}", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"{len(hung)} of {count} children missed the {deadline:.0f} s deadline:\n{details}",
+            pytrace=False,
+        )
     broken = [
-        c for c in children
+        c
+        for c in children
         if c.error is not None or c.report is None or os.waitstatus_to_exitcode(c.status or 0)
-    ]  # fmt: skip
+    ]
     if broken:
         details = "\n".join(
             f"child {c.index} (pid {c.pid}) exit {os.waitstatus_to_exitcode(c.status or 0)}; "
