@@ -186,40 +186,43 @@ pub(super) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
     let py = event_loop.py();
     let bridge = BRIDGE.get();
-    // Held only across calls that cannot release the GIL or run Python code.
-    let mut completers = bridge
-        .completers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    for (weak, completer) in completers.iter() {
-        if weak.bind(py).upgrade().is_some_and(|l| l.is(event_loop)) {
-            return Ok(completer.get().queue.clone());
-        }
-    }
-    // A loop we have not seen: forget completers of loops that died, then register.
-    completers.retain(|(weak, completer)| {
-        let alive = weak.bind(py).upgrade().is_some();
-        if !alive {
-            for done in completer.get().queue.close() {
-                drop(done);
+    let mut abandoned = Vec::new();
+    {
+        // Held only across calls that cannot run Python code (no decref, no method call), so
+        // a finaliser can never re-enter here while it is held.
+        let mut completers = bridge
+            .completers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (weak, completer) in completers.iter() {
+            if weak.bind(py).upgrade().is_some_and(|l| l.is(event_loop)) {
+                return Ok(completer.get().queue.clone());
             }
         }
-        alive
-    });
+        // A loop we have not seen: forget the completers of loops that died.
+        completers.retain(|(weak, completer)| {
+            let alive = weak.bind(py).upgrade().is_some();
+            if !alive {
+                abandoned.extend(completer.get().queue.close());
+            }
+            alive
+        });
+    }
+    drop(abandoned); // dropped attached, outside the lock
     let queue = Arc::new(Queue::new()?);
-    let completer = Py::new(
-        py,
-        Completer {
-            queue: queue.clone(),
-        },
-    )?;
-    let weak = PyWeakrefReference::new(event_loop)?.unbind();
-    completers.push((weak, completer.clone_ref(py)));
-    drop(completers);
+    let completer = Py::new(py, Completer { queue: queue.clone() })?;
+    // Only the thread running this loop calls here for it, so registering after add_reader
+    // cannot race; and a loop without add_reader fails now instead of hanging later.
     event_loop.call_method1(
         intern!(py, "add_reader"),
-        (queue.wake_read.as_raw_fd(), completer),
+        (queue.wake_read.as_raw_fd(), completer.clone_ref(py)),
     )?;
+    let weak = PyWeakrefReference::new(event_loop)?.unbind();
+    bridge
+        .completers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((weak, completer));
     Ok(queue)
 }
 
