@@ -7,6 +7,7 @@ in the test's temporary directory: no server, no port.
 
 from __future__ import annotations
 
+import importlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,6 @@ from typing import Any
 
 import celery.exceptions
 import forksafe
-import forksafe_celery_tasks as tasks
 import integ_support
 import pytest
 from integ_support import Service
@@ -25,7 +25,9 @@ RESULT_DEADLINE = 60.0
 
 
 @pytest.fixture
-def celery_worker(tmp_path: Path) -> Iterator[tuple[Service, str]]:
+def celery_worker(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
+    # Imported here, not at collection: importing the tasks module uses forksafe in this process.
+    tasks = importlib.import_module("forksafe_celery_tasks")
     folder = str(tmp_path / "celery")
     tasks.configure(folder)
     service = Service(
@@ -44,7 +46,7 @@ def celery_worker(tmp_path: Path) -> Iterator[tuple[Service, str]]:
     )  # fmt: skip
     try:
         service.start()
-        yield service, folder
+        yield service, tasks
     finally:
         service.stop(graceful=20.0)
         tasks.app.close()
@@ -79,8 +81,8 @@ def _problems(result: dict[str, Any], value: str, main: int, guard: str) -> list
 
 
 @pytest.mark.timeout(180)
-def test_celery_prefork_pool(celery_worker: tuple[Service, str]) -> None:
-    service, _ = celery_worker
+def test_celery_prefork_pool(celery_worker: tuple[Service, Any]) -> None:
+    service, tasks = celery_worker
     main = service.pid
     guard = forksafe.runtime_info()["guard"]
     values = [f"task-{i}-{uuid.uuid4().hex[:12]}" for i in range(TASKS)]

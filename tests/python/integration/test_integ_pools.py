@@ -9,6 +9,7 @@ server's live state instead. 100 tasks each; every result is checked.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -19,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Callable
 
-import forksafe_pool_tasks as tasks
 import integ_support
 import pytest
 
@@ -29,13 +29,19 @@ RESULT_DEADLINE = 60.0
 SHUTDOWN_DEADLINE = 30.0
 
 
+def _tasks() -> Any:
+    """The tasks module, imported on first use (importing it uses forksafe in this process,
+    which must not happen at collection time, under other tests)."""
+    return importlib.import_module("forksafe_pool_tasks")
+
+
 def _values(tag: str) -> list[str]:
     return [f"{tag}-{i}-{uuid.uuid4().hex[:10]}" for i in range(TASKS)]
 
 
 def _warm_parent() -> dict[str, Any]:
     """Uses forksafe in the test process right before it creates a pool, and checks it."""
-    report = tasks.use_forksafe(f"parent-{uuid.uuid4().hex[:8]}")
+    report = _tasks().use_forksafe(f"parent-{uuid.uuid4().hex[:8]}")
     me = os.getpid()
     assert (report["tokio_pid"], report["client_pid"], report["echo"]) == (
         me,
@@ -108,7 +114,7 @@ def _run_pool(ctx: Any, values: list[str], before: set[int]) -> dict[str, dict[s
     results: dict[str, dict[str, Any]] = {}
     try:
         deadline = time.monotonic() + RESULT_DEADLINE
-        it = pool.imap_unordered(tasks.use_forksafe, values)
+        it = pool.imap_unordered(_tasks().use_forksafe, values)
         for _ in values:
             try:
                 result = it.next(timeout=max(0.0, deadline - time.monotonic()))
@@ -155,7 +161,7 @@ def test_process_pool_executor_fork() -> None:
     )
     ok = False
     try:
-        futures = {executor.submit(tasks.use_forksafe, v): v for v in values}
+        futures = {executor.submit(_tasks().use_forksafe, v): v for v in values}
         done, not_done = concurrent.futures.wait(futures, timeout=RESULT_DEADLINE)
         if not_done:
             live = integ_support.live_descendants(me) - before
