@@ -9,8 +9,9 @@ polls the pipe and ``waitpid(WNOHANG)``; on expiry it SIGKILLs the child. ``Chil
 turns a hang, an error or a missing report into ``pytest.fail`` with everything the child wrote.
 
 ``exercise(v)`` is the work every child does (both layers: the background loop with native
-awaitables, the sync native path, a fork-local value); ``check(report, v, parent)`` verifies its
-report against ``v`` and against the report its parent produced with the same function.
+awaitables, the sync native path, a fork-local value); ``check(report, v)`` verifies its report
+against ``v`` and against the state of the process that forked it (or, for nested forks, against
+the report of the generation above: ``check(report, v, parent)``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _LIBC = ctypes.PyDLL(None, use_errno=True)
 _LIBC.fork.restype = ctypes.c_int
 _LIBC.fork.argtypes = []
 _LIBC.syscall.restype = ctypes.c_long
+
+C_FORK_SETTLE = 0.1
+"""Seconds ``spawn_child`` sleeps (GIL released) before a C-level or raw fork: see there."""
 
 _SYS_CLONE = {"x86_64": 56, "amd64": 56, "aarch64": 220, "arm64": 220}
 _SIGCHLD = 17  # on x86_64 and aarch64
@@ -234,6 +238,13 @@ def spawn_child(
     Never raises for what the child did: a hang, an error or a crash is in the outcome.
     """
     fork = _FORKS[method]
+    if method != "os.fork":
+        # Only os.fork's child runs PyOS_AfterFork_Child, which recreates the GIL. After a
+        # C-level or raw fork, a thread that was *waiting* for the GIL at the instant of fork
+        # (the GIL is held: PyDLL) leaves a phantom waiter in the GIL's condition variable, and
+        # the child's first GIL hand-off (e.g. to its new loop thread) deadlocks in glibc. That is
+        # CPython's hazard, with or without forksafe: let every other thread go idle first.
+        time.sleep(C_FORK_SETTLE)
     rfd, wfd = os.pipe()
     try:
         pid = fork()
@@ -369,8 +380,28 @@ def check_values(report: dict[str, Any], v: Any) -> None:
     assert info["guard"] in ("wipeonfork", "syscall"), info
 
 
-def check(report: dict[str, Any], v: Any, parent: dict[str, Any]) -> None:
-    """Verifies a child's ``exercise(v)`` report against ``v`` and its parent's own report."""
+def snapshot() -> dict[str, Any]:
+    """The calling process's own state, in the shape of an ``exercise`` report (no probes)."""
+    return json.loads(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "fork_local": list(CLIENT.get()),
+                "loop_id": id(forksafe.LOOP.loop),
+                "info": forksafe.runtime_info(),
+            }
+        )
+    )
+
+
+def check(report: dict[str, Any], v: Any, parent: dict[str, Any] | None = None) -> None:
+    """Verifies a child's ``exercise(v)`` report against ``v`` and its parent's own report.
+
+    ``parent`` defaults to the calling process (which must have built its state before the
+    fork, as the ``parent_report`` fixture does); nested tests pass the generation above.
+    """
+    if parent is None:
+        parent = snapshot()
     check_values(report, v)
     pid = report["pid"]
     assert pid != parent["pid"], f"the child reported its parent's PID {pid}"
@@ -410,7 +441,7 @@ def exercise_parent() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def quiesce(parent_report: dict[str, Any]) -> None:
+def quiesce() -> None:
     """Lets every other thread of this process go idle before a raw ``clone``.
 
     A raw fork skips glibc's fork handlers (malloc's arena locks are not reset), so no other
@@ -427,6 +458,5 @@ def quiesce(parent_report: dict[str, Any]) -> None:
     # One round trip through the loop and the runtime, then let both park.
     assert forksafe.run(asyncio.sleep(0, "idle")) == "idle"
     assert forksafe.testing.echo_sync("idle") == "idle"
-    assert parent_report["pid"] == os.getpid()
     gc.collect()
     time.sleep(0.3)

@@ -106,6 +106,7 @@ def test_sleep_rejects_bad_durations(seconds: float) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"worker_threads": 0}, {"max_blocking_threads": 0}, {"thread_stack_size": 1024}],
+    ids=lambda kwargs: next(iter(kwargs)),
 )
 def test_configure_rejects_invalid_values(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import traceback
 from typing import Any
@@ -96,28 +97,41 @@ def test_sixteen_threads_race_in_a_fresh_child(parent_report: dict[str, Any]) ->
 IN_FLIGHT = 1000
 
 
-async def _many(started: threading.Event) -> list[Any]:
+def _durations(base: float) -> list[float]:
+    # Completions spread over ~0.7 s after ``base``, so forks can land while results stream in.
+    return [base + (i % 100) * 0.007 for i in range(IN_FLIGHT)]
+
+
+async def _many(durations: list[float], started: threading.Event) -> list[Any]:
     # Each native sleep is a tokio timer from the moment it is created.
-    awaitables = [forksafe.testing.sleep(0.5, i) for i in range(IN_FLIGHT)]
+    awaitables = [forksafe.testing.sleep(seconds, i) for i, seconds in enumerate(durations)]
     started.set()
     return await asyncio.gather(*awaitables)
 
 
 @pytest.mark.parametrize("method", ["os.fork", "c-fork"])
 def test_fork_with_a_thousand_awaits_in_flight(method: str, parent_report: dict[str, Any]) -> None:
+    # os.fork: fork again and again while the 1,000 results stream in (tokio workers pushing
+    # completions, the loop thread draining them). c-fork: once, while every await is still a
+    # pending timer -- a C-level fork while the loop thread waits for the GIL would hang the
+    # child whatever forksafe does (see forkutil.spawn_child).
+    base = 0.1 if method == "os.fork" else 0.8
     started = threading.Event()
-    future = forksafe.LOOP.submit(_many(started))
+    future = forksafe.LOOP.submit(_many(_durations(base), started))
     assert started.wait(timeout=10), "the in-flight batch never started"
-    v = forkutil.new_value(f"in-flight-{method}")
-    outcome = forkutil.spawn_child(forkutil.exercise, v, method=method)
-    # The parent's batch completes with every value, whatever happened in the child.
+    children = []
+    while not children or (method == "os.fork" and not future.done() and len(children) < 40):
+        v = forkutil.new_value(f"in-flight-{method}-{len(children)}")
+        children.append((v, forkutil.spawn_child(forkutil.exercise, v, method=method)))
+    # The parent's batch completes with every value, whatever happened in the children.
     try:
         values = future.result(timeout=forkutil.CHILD_DEADLINE)
-    except TimeoutError:
+    except concurrent.futures.TimeoutError:
         future.cancel()
         pytest.fail("the parent's in-flight batch never completed after the fork", pytrace=False)
     assert values == list(range(IN_FLIGHT))
-    forkutil.check(outcome.require(), v, parent_report)
+    for v, outcome in children:
+        forkutil.check(outcome.require(), v, parent_report)
     forkutil.exercise_parent()
 
 

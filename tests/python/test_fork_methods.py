@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 def test_child_works_after_fork(method: str, parent_report: dict[str, Any]) -> None:
     if method == "raw-syscall":
         # No glibc fork handlers run: nothing else may be running at the instant of fork.
-        forkutil.quiesce(parent_report)
+        forkutil.quiesce()
     v = forkutil.new_value(method)
     report = forkutil.run_child(forkutil.exercise, v, method=method)
     forkutil.check(report, v, parent_report)
@@ -53,3 +54,17 @@ def test_fork_from_a_non_main_thread(method: str, parent_report: dict[str, Any])
     report = outcomes[0].require()
     forkutil.check(report, v, parent_report)
     forkutil.exercise_parent()
+
+
+def _own_asyncio_run(v: str) -> dict[str, Any]:
+    report = forkutil.exercise(v)
+    forkutil.progress("asyncio.run(probe) on a loop of the child's own")
+    return {"exercise": report, "own_loop": list(asyncio.run(forkutil.probe(v)))}
+
+
+@pytest.mark.parametrize("method", ["os.fork", "c-fork"])
+def test_child_awaits_on_its_own_asyncio_run(method: str, parent_report: dict[str, Any]) -> None:
+    v = forkutil.new_value(f"asyncio-run-{method}")
+    out = forkutil.run_child(_own_asyncio_run, v, method=method)
+    forkutil.check(out["exercise"], v, parent_report)
+    assert out["own_loop"] == [v, v, out["exercise"]["pid"]]
