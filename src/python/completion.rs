@@ -210,7 +210,12 @@ fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
     }
     drop(abandoned); // dropped attached, outside the lock
     let queue = Arc::new(Queue::new()?);
-    let completer = Py::new(py, Completer { queue: queue.clone() })?;
+    let completer = Py::new(
+        py,
+        Completer {
+            queue: queue.clone(),
+        },
+    )?;
     // Only the thread running this loop calls here for it, so registering after add_reader
     // cannot race; and a loop without add_reader fails now instead of hanging later.
     event_loop.call_method1(
