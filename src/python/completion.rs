@@ -280,6 +280,16 @@ enum Ending<T> {
     Cancelled(Box<dyn Send>),
 }
 
+impl<F: Future + Send + 'static> Guarded<F> {
+    /// Takes the unfinished future out, to be dropped attached with its Python objects.
+    fn abandon(&mut self) -> Box<dyn Send> {
+        match self.inner.take() {
+            Some(future) => Box::new(future),
+            None => Box::new(()),
+        }
+    }
+}
+
 impl<F: Future + Send + 'static> Future for Guarded<F> {
     type Output = Ending<F::Output>;
 
@@ -296,8 +306,7 @@ impl<F: Future + Send + 'static> Future for Guarded<F> {
                 .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
         }
         if this.cancel.flag.load(Ordering::Acquire) {
-            let abandoned = this.inner.take().map(|f| Box::new(f) as Box<dyn Send>);
-            return Poll::Ready(Ending::Cancelled(abandoned.unwrap_or_else(|| Box::new(()))));
+            return Poll::Ready(Ending::Cancelled(this.abandon()));
         }
         match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
             Ok(Poll::Ready(value)) => {
@@ -307,11 +316,7 @@ impl<F: Future + Send + 'static> Future for Guarded<F> {
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
-                let abandoned = this.inner.take().map(|f| Box::new(f) as Box<dyn Send>);
-                Poll::Ready(Ending::Panicked(
-                    message,
-                    abandoned.unwrap_or_else(|| Box::new(())),
-                ))
+                Poll::Ready(Ending::Panicked(message, this.abandon()))
             }
         }
     }
@@ -325,8 +330,20 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic payload".to_owned())
 }
 
-/// The body of [`future_into_py`](super::future_into_py).
-pub(super) fn future_into_py<F, T>(
+/// [`future_into_py`](super::future_into_py) with explicit task locals (the loop to complete
+/// on), like `pyo3_async_runtimes::tokio::future_into_py_with_locals`.
+///
+/// ```
+/// use pyo3::prelude::*;
+/// use pyo3_async_runtimes::TaskLocals;
+///
+/// #[pyfunction]
+/// fn answer_on<'py>(event_loop: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+///     let py = event_loop.py();
+///     forksafe::python::future_into_py_with_locals(py, TaskLocals::new(event_loop), async { Ok(42) })
+/// }
+/// ```
+pub fn future_into_py_with_locals<F, T>(
     py: Python<'_>,
     locals: TaskLocals,
     fut: F,

@@ -24,6 +24,7 @@ use pyo3_async_runtimes::TaskLocals;
 use crate::Error;
 
 mod completion;
+pub use completion::future_into_py_with_locals;
 #[cfg(feature = "native-module")]
 mod module;
 
@@ -143,32 +144,7 @@ where
         Some(locals) => locals,
         None => TaskLocals::new(completion::running_loop(py)?),
     };
-    completion::future_into_py(py, locals, fut)
-}
-
-/// [`future_into_py`] with explicit task locals (the loop to complete on), like
-/// `pyo3_async_runtimes::tokio::future_into_py_with_locals`.
-///
-/// ```
-/// use pyo3::prelude::*;
-/// use pyo3_async_runtimes::TaskLocals;
-///
-/// #[pyfunction]
-/// fn answer_on<'py>(event_loop: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-///     let py = event_loop.py();
-///     forksafe::python::future_into_py_with_locals(py, TaskLocals::new(event_loop), async { Ok(42) })
-/// }
-/// ```
-pub fn future_into_py_with_locals<F, T>(
-    py: Python<'_>,
-    locals: TaskLocals,
-    fut: F,
-) -> PyResult<Bound<'_, PyAny>>
-where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'py> IntoPyObject<'py> + Send + 'static,
-{
-    completion::future_into_py(py, locals, fut)
+    future_into_py_with_locals(py, locals, fut)
 }
 
 /// Drives `fut` to completion on this process's runtime with the GIL released: the sync fast
