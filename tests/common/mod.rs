@@ -451,12 +451,15 @@ fn wait_child(pid: pid_t, read_fd: c_int, deadline: Duration, group: bool) -> Ch
         }
         let elapsed = start.elapsed();
         if elapsed >= deadline {
+            drain(read_fd, &mut output);
+            // gdb takes a second or two: not for the harness's own sub-second self-test.
+            let diagnosis = describe_hung_tree(pid, deadline >= Duration::from_secs(1));
             kill_tree(pid, group);
             let _ = wait_blocking(pid);
             drain(read_fd, &mut output);
             close_fds(read_fd, pidfd);
             panic!(
-                "child {pid} hung after {deadline:?}; last words: {}",
+                "child {pid} hung after {deadline:?}; last words: {}\n{diagnosis}",
                 String::from_utf8_lossy(&output)
             );
         }
@@ -580,6 +583,69 @@ pub fn wait_with_deadline(pid: pid_t, deadline: Duration) -> Option<i32> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// What the threads of a hung process and of its descendants are doing: name, scheduler state,
+/// the system call each is blocked in, and its kernel wait channel; then, if `gdb` and gdb is
+/// installed (and `FORKSAFE_TEST_NO_GDB` is unset), every thread's user-space backtrace.
+pub fn describe_hung_tree(pid: pid_t, gdb: bool) -> String {
+    let mut text = String::from("--- threads of the hung process and its descendants ---\n");
+    let mut pending = vec![pid];
+    let mut all = Vec::new();
+    while let Some(p) = pending.pop() {
+        all.push(p);
+        pending.extend(children_of(p));
+    }
+    for &p in &all {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let read = |file: &str| {
+                std::fs::read_to_string(task.path().join(file))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest.trim_start());
+            text.push_str(&format!(
+                "pid {p} tid {}: {:?} state {:.1} wchan {} syscall {}\n",
+                task.file_name().to_string_lossy(),
+                read("comm"),
+                state,
+                read("wchan"),
+                read("syscall"),
+            ));
+        }
+    }
+    if gdb && std::env::var_os("FORKSAFE_TEST_NO_GDB").is_none() {
+        for &p in &all {
+            let pid_text = p.to_string();
+            let args = [
+                "30",
+                "gdb",
+                "-p",
+                pid_text.as_str(),
+                "-batch",
+                "-nx",
+                "-ex",
+                "thread apply all bt",
+            ];
+            if let Ok(out) = std::process::Command::new("timeout").args(args).output() {
+                let bt = String::from_utf8_lossy(&out.stdout);
+                let bt: String = bt
+                    .lines()
+                    .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                text.push_str(&format!("--- gdb backtraces of {p} ---\n{bt:.20000}\n"));
+            }
+        }
+    }
+    text
 }
 
 /// SIGKILLs `pid` and every descendant (found through /proc/<pid>/task/*/children after

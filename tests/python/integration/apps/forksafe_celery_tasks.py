@@ -9,14 +9,11 @@ transport and the ``file://`` result backend, so nothing listens on any port.
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Any
 
-import forksafe
 from celery import Celery
-from forksafe import testing
+from forksafe_probe import observe, use_at_import
 
-PROBE_TIMEOUT = 10.0
 DIR_ENV = "FORKSAFE_IT_CELERY_DIR"
 
 app = Celery("forksafe_celery_tasks")
@@ -51,46 +48,9 @@ def configure(folder: str) -> None:
 if os.environ.get(DIR_ENV):
     configure(os.environ[DIR_ENV])
 
-IMPORT_PID = os.getpid()
-CLIENT = forksafe.fork_local(lambda: {"pid": os.getpid(), "id": uuid.uuid4().hex})
-
-
-async def _probe(value: str) -> tuple[str, str, int]:
-    echoed = await testing.echo(value)
-    slept = await testing.sleep(0.02, value)
-    return echoed, slept, await testing.pid()
-
-
-def _use_at_import() -> dict[str, str]:
-    seen = forksafe.run(_probe("import"), timeout=PROBE_TIMEOUT)
-    sync = testing.echo_sync("import-sync")
-    client = CLIENT.get()
-    if (seen, sync, client["pid"]) != (("import", "import", IMPORT_PID), "import-sync", IMPORT_PID):
-        raise RuntimeError(f"forksafe misbehaved at import: {seen!r} {sync!r} {client!r}")
-    return client
-
-
-IMPORT_CLIENT = _use_at_import()
+IMPORT_CLIENT_ID = use_at_import()["client_id"]
 
 
 @app.task(name="forksafe_it.probe")
 def probe(value: str) -> dict[str, Any]:
-    echoed, slept, tokio_pid = forksafe.run(_probe(value), timeout=PROBE_TIMEOUT)
-    client = CLIENT.get()
-    info = forksafe.runtime_info()
-    return {
-        "pid": os.getpid(),
-        "ppid": os.getppid(),
-        "import_pid": IMPORT_PID,
-        "value": value,
-        "echo": echoed,
-        "sleep": slept,
-        "echo_sync": testing.echo_sync(value),
-        "tokio_pid": tokio_pid,
-        "client_pid": client["pid"],
-        "client_id": client["id"],
-        "import_client_id": IMPORT_CLIENT["id"],
-        "runtimes_built": info["runtimes_built"],
-        "inherited_runtimes": info["inherited_runtimes"],
-        "guard": info["guard"],
-    }
+    return {**observe(value, delay=0.02), "import_client_id": IMPORT_CLIENT_ID}
