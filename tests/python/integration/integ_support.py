@@ -419,3 +419,31 @@ def fork_children(
 
 def python() -> str:
     return sys.executable
+
+
+def report_problems(result: dict[str, Any], value: str, forked_from: int, guard: str) -> list[str]:
+    """Everything wrong with one ``forksafe_probe.observe`` report from a worker forked from
+    ``forked_from`` (the process that imported the app and used forksafe before forking)."""
+    worker = result["pid"]
+    expected = {
+        "value": value,
+        "echo": value,
+        "sleep": value,
+        "echo_sync": value,
+        "tokio_pid": worker,  # the worker's own runtime answered
+        "client_pid": worker,  # the fork-local client was rebuilt in the worker
+        "ppid": forked_from,
+        "import_pid": forked_from,
+        "runtimes_built": 1,
+        "guard": guard,
+    }
+    problems = [
+        f"{key}: expected {want!r}, got {result.get(key)!r}"
+        for key, want in expected.items()
+        if result.get(key) != want
+    ]
+    if worker == forked_from:
+        problems.append("ran in the process it should have been forked from")
+    if [forked_from, 1] not in result["inherited_runtimes"]:
+        problems.append(f"the parent's runtime is not listed as inherited: {result!r}")
+    return problems

@@ -53,30 +53,9 @@ def celery_worker(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
 
 
 def _problems(result: dict[str, Any], value: str, main: int, guard: str) -> list[str]:
-    child = result["pid"]
-    expected = {
-        "value": value,
-        "echo": value,
-        "sleep": value,
-        "echo_sync": value,
-        "tokio_pid": child,  # the pool child's own runtime answered
-        "client_pid": child,  # the fork-local client was rebuilt in the child
-        "ppid": main,  # a pool child of the worker's main process
-        "import_pid": main,  # the tasks module was imported (and forksafe used) in the main
-        "runtimes_built": 1,
-        "guard": guard,
-    }
-    problems = [
-        f"{key}: expected {want!r}, got {result.get(key)!r}"
-        for key, want in expected.items()
-        if result.get(key) != want
-    ]
-    if child == main:
-        problems.append("the task ran in the worker's main process, not in a pool child")
+    problems = integ_support.report_problems(result, value, main, guard)
     if result["client_id"] == result["import_client_id"]:
         problems.append("the pool child got the main process's fork-local client")
-    if [main, 1] not in result["inherited_runtimes"]:
-        problems.append("the main process's runtime is not listed as inherited")
     return problems
 
 

@@ -51,39 +51,12 @@ def _warm_parent() -> dict[str, Any]:
     return report
 
 
-def _problems(result: dict[str, Any], value: str, forked_from: int, guard: str) -> list[str]:
-    """Everything wrong with one task's result. ``forked_from`` is the process whose live
-    forksafe state the worker inherited (its parent)."""
-    worker = result["pid"]
-    expected = {
-        "value": value,
-        "echo": value,
-        "sleep": value,
-        "echo_sync": value,
-        "tokio_pid": worker,
-        "client_pid": worker,
-        "ppid": forked_from,
-        "import_pid": forked_from,  # the tasks module (and forksafe) was used before the fork
-        "runtimes_built": 1,
-        "guard": guard,
-    }
-    problems = [
-        f"{key}: expected {want!r}, got {result.get(key)!r}"
-        for key, want in expected.items()
-        if result.get(key) != want
-    ]
-    if worker == forked_from:
-        problems.append("ran in the parent, not in a worker")
-    if [forked_from, 1] not in result["inherited_runtimes"]:
-        problems.append(f"the parent's runtime is not listed as inherited: {result!r}")
-    return problems
-
-
 def _check_all(
     results: dict[str, dict[str, Any]], values: list[str], forked_from: int, guard: str
 ) -> set[int]:
     assert sorted(results) == sorted(values), "results missing or duplicated"
-    bad = [(v, p) for v in values if (p := _problems(results[v], v, forked_from, guard))]
+    check = integ_support.report_problems
+    bad = [(v, p) for v in values if (p := check(results[v], v, forked_from, guard))]
     assert not bad, f"{len(bad)}/{len(values)} wrong results, e.g. {bad[:3]!r}"
     workers = {r["pid"] for r in results.values()}
     for pid in workers:
