@@ -39,8 +39,8 @@ pub enum Error {
     },
     /// [`block_on`](crate::block_on) was called where blocking would panic or deadlock.
     #[error(
-        "block_on() was called from a thread of a forksafe runtime ({why}); `.await` the future \
-         instead, or call from a thread outside the runtime"
+        "block_on() cannot run here: {why}; `.await` the future instead, or call from a thread \
+         outside the runtime"
     )]
     InsideRuntime {
         /// Which case was detected.

@@ -359,3 +359,24 @@ fn child_panics_are_reported_to_the_parent() {
     );
     assert!(std::panic::catch_unwind(|| report.assert_ok()).is_err());
 }
+
+/// The suite's processes run without std's stack-overflow thread registry, like a Python
+/// extension's host process (see tests/common/mod.rs for why): in the test process and in a
+/// forked child.
+#[test]
+fn test_processes_run_without_std_stack_overflow_registry() {
+    if std::env::var_os("FORKSAFE_TEST_STD_ALTSTACK").is_some() {
+        println!("FORKSAFE_TEST_STD_ALTSTACK is set: std's registry is deliberately on");
+        assert!(!std_thread_registry_off());
+        return;
+    }
+    assert!(
+        std_thread_registry_off(),
+        "the constructor in tests/common did not run"
+    );
+    let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        rep.kv("registry_off", std_thread_registry_off());
+    });
+    report.assert_ok();
+    assert_eq!(report.value("registry_off"), "true");
+}

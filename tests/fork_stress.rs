@@ -100,11 +100,8 @@ fn forks_from_a_side_thread_while_parent_tasks_run() {
     });
     let reports = forker.join();
     forks_done.store(true, Ordering::SeqCst);
-    let spawned: Vec<u64> = spawners
-        .into_iter()
-        .map(|s| s.join().expect("a spawner thread failed"))
-        .collect();
-    let reports = reports.expect("the forking thread failed");
+    let spawned: Vec<u64> = spawners.into_iter().map(join_or_resume).collect();
+    let reports = reports.unwrap_or_else(|payload| std::panic::resume_unwind(payload));
 
     stop.store(true, Ordering::SeqCst);
     let sentinel_results = forksafe::block_on(async {
@@ -238,10 +235,7 @@ fn concurrent_fork_storm_from_four_threads() {
             })
         })
         .collect();
-    let failures: Vec<String> = forkers
-        .into_iter()
-        .flat_map(|f| f.join().expect("a forking thread failed"))
-        .collect();
+    let failures: Vec<String> = forkers.into_iter().flat_map(join_or_resume).collect();
     assert!(
         failures.is_empty(),
         "{} of {} children failed; first: {}",
