@@ -3,7 +3,7 @@
 //! Python extensions written in Rust drive async work through a process-global tokio runtime.
 //! `fork()` copies memory but not threads: in the child the runtime's workers are gone, yet the
 //! global still points at them, and the first async call hangs forever. Hook-based fixes
-//! (`pthread_atfork`, `os.register_at_fork`) miss every fork path that skips the hooks.
+//! (at-fork handlers registered with libc or with Python) miss every fork path that skips them.
 //!
 //! forksafe registers no hooks. Every access asks *which process am I?* and compares the answer
 //! with the process that built the cached state; a child builds fresh state and never touches
