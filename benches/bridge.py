@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 ROUNDS = 3
 
+
 class PlainLoop:
     """The usual background loop of Rust-backed libraries: started once, never checked."""
 
@@ -35,6 +36,7 @@ class PlainLoop:
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+
 class HookedLoop(PlainLoop):
     """A background loop that an at-fork hook restarts in the child (the hook-based design)."""
 
@@ -44,6 +46,7 @@ class HookedLoop(PlainLoop):
 
     def _restart(self) -> None:
         PlainLoop.__init__(self)
+
 
 def load(variant: str) -> tuple[Callable[[Any], Awaitable[Any]], Callable[[Any], Any], Any]:
     """(async echo, sync echo, loop with .run) for a variant."""
@@ -59,6 +62,7 @@ def load(variant: str) -> tuple[Callable[[Any], Awaitable[Any]], Callable[[Any],
         return b.hooked_echo, b.hooked_echo_sync, HookedLoop()
     raise SystemExit(f"unknown variant {variant!r}")
 
+
 def best_rate(fn: Callable[[], int]) -> float:
     """Operations per second: the median of ROUNDS runs of fn (which returns its op count)."""
     rates = []
@@ -68,8 +72,10 @@ def best_rate(fn: Callable[[], int]) -> float:
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates)
 
+
 def threads() -> int:
     return len(os.listdir("/proc/self/task"))
+
 
 def rss_kib() -> int:
     with open("/proc/self/status") as f:
@@ -78,19 +84,22 @@ def rss_kib() -> int:
                 return int(line.split()[1])
     return -1
 
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
+
 def fork_recovery(loop: Any, echo: Any, echo_sync: Any, n: int, sync: bool) -> dict[str, Any]:
     """Fork n children; each times fork -> first result (through the loop, or echo_sync)."""
     samples, hung = [], 0
-    rss = []
+    rss, rebuild = [], []
     for i in range(n):
         r, w = os.pipe()
         t0 = time.monotonic_ns()
         pid = os.fork()
         if pid == 0:
+            started = time.monotonic_ns()  # the child's first instruction after fork
             os.close(r)
             try:
                 if sync:
@@ -102,14 +111,13 @@ def fork_recovery(loop: Any, echo: Any, echo_sync: Any, n: int, sync: bool) -> d
 
                     loop.run(first())
                 done = time.monotonic_ns()
-                os.write(w, f"{done} {rss_kib()}\n".encode())
+                os.write(w, f"{done} {started} {rss_kib()}\n".encode())
             finally:
                 os._exit(0)
         os.close(w)
         deadline = time.monotonic() + 3.0
         data = b""
         while time.monotonic() < deadline:
-
             ready, _, _ = select.select([r], [], [], 0.05)
             if ready:
                 chunk = os.read(r, 100)
@@ -118,8 +126,9 @@ def fork_recovery(loop: Any, echo: Any, echo_sync: Any, n: int, sync: bool) -> d
                 data += chunk
         os.close(r)
         if data:
-            done_ns, child_rss = data.split()
+            done_ns, started_ns, child_rss = data.split()
             samples.append((int(done_ns) - t0) / 1e6)
+            rebuild.append((int(done_ns) - int(started_ns)) / 1e6)
             rss.append(int(child_rss))
             os.waitpid(pid, 0)
         else:
@@ -129,13 +138,17 @@ def fork_recovery(loop: Any, echo: Any, echo_sync: Any, n: int, sync: bool) -> d
             if hung >= 3:  # it hangs every time; no need to wait for all n
                 break
     if not samples:
-        return {"hung": hung, "p50_ms": None, "p99_ms": None, "child_rss_kib": None}
+        return {"hung": hung, "p50_ms": None, "p99_ms": None, "child_rss_kib": None,
+                "in_child_p50_ms": None, "in_child_p99_ms": None}  # fmt: skip
     return {
         "hung": hung,
         "p50_ms": percentile(samples, 50),
         "p99_ms": percentile(samples, 99),
+        "in_child_p50_ms": percentile(rebuild, 50),
+        "in_child_p99_ms": percentile(rebuild, 99),
         "child_rss_kib": int(statistics.median(rss)),
     }
+
 
 def _spawn_worker(variant: str, q: Any) -> None:
     echo, _, loop = load(variant)
@@ -145,6 +158,7 @@ def _spawn_worker(variant: str, q: Any) -> None:
 
     loop.run(first())
     q.put(time.monotonic_ns())
+
 
 def spawn_first_result(variant: str, n: int = 5) -> float:
     """p50 of spawn-context Process.start() -> the worker's first Rust result (ms)."""
@@ -158,6 +172,7 @@ def spawn_first_result(variant: str, n: int = 5) -> float:
         samples.append((q.get(timeout=60) - t0) / 1e6)
         p.join(60)
     return statistics.median(samples)
+
 
 def main(variant: str) -> dict[str, Any]:
     echo, echo_sync, loop = load(variant)
@@ -190,7 +205,9 @@ def main(variant: str) -> dict[str, Any]:
     result["sync_calls_per_s"] = best_rate(sync_calls)
     result["sync_fast_path_per_s"] = best_rate(fast_sync)
     result["awaits_sequential_per_s"] = best_rate(lambda: loop.run(sequential(10_000)))
-    result["awaits_gather_per_s"] = best_rate(lambda: sum(loop.run(gather(1000)) for _ in range(10)))
+    result["awaits_gather_per_s"] = best_rate(
+        lambda: sum(loop.run(gather(1000)) for _ in range(10))
+    )
     loop.run(gather(1000))
     result["threads_after_1000_awaits"] = threads()
     result["parent_rss_kib"] = rss_kib()
@@ -198,6 +215,7 @@ def main(variant: str) -> dict[str, Any]:
     result["recovery_sync"] = fork_recovery(loop, echo, echo_sync, 60, sync=True)
     result["spawn_first_result_ms"] = spawn_first_result(variant)
     return result
+
 
 if __name__ == "__main__":
     print(json.dumps(main(sys.argv[1])))
