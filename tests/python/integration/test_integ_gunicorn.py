@@ -75,32 +75,13 @@ def _get(base: str, value: str, sleep: float = 0.0) -> dict[str, Any]:
 
 
 def _problems(body: dict[str, Any], value: str, master: int, guard: str) -> list[str]:
-    """Everything wrong with one response (empty if it is right)."""
-    worker = body["worker_pid"]
-    expected = {
-        "value": value,
-        "echo": value,
-        "sleep": value,
-        "echo_sync": value,
-        "tokio_pid": worker,  # the runtime answering is the worker's own, not the master's
-        "client_pid": worker,  # the fork-local client was rebuilt in the worker
-        "master_pid": master,  # the app was imported in the master (--preload)
-        "worker_ppid": master,
-        "master_client_pid": master,
-        "runtimes_built": 1,
-        "guard": guard,
-    }
-    problems = [
-        f"{key}: expected {want!r}, got {body.get(key)!r}"
-        for key, want in expected.items()
-        if body.get(key) != want
-    ]
-    if worker == master:
-        problems.append("answered by the master itself")
+    """Everything wrong with one response (empty if it is right): the shared checks, with the
+    app imported in the master (--preload), plus the master's own client left alone."""
+    problems = integ_support.report_problems(body, value, master, guard)
+    if body["master_client_pid"] != master:
+        problems.append(f"master_client_pid: expected {master}, got {body['master_client_pid']}")
     if body["client_id"] == body["master_client_id"]:
         problems.append("the worker got the master's fork-local client")
-    if [master, 1] not in body["inherited_runtimes"]:
-        problems.append(f"the master's runtime is not listed as inherited: {body!r}")
     return problems
 
 
