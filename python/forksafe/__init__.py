@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from . import _native, testing
 from ._fork_local import ForkLocal, fork_local
 from ._loop import BackgroundEventLoop, loops_built
+from ._native import configure
 
 __version__: str = _native.__version__
 
@@ -37,25 +38,6 @@ def runtime_info() -> dict[str, Any]:
     info: dict[str, Any] = _native.runtime_info()
     info["loops_built"] = loops_built()
     return info
-
-
-def configure(
-    *,
-    worker_threads: int | None = None,
-    thread_name: str | None = None,
-    max_blocking_threads: int | None = None,
-    thread_stack_size: int | None = None,
-) -> None:
-    """Configures the tokio runtime before its first use in this process (children inherit).
-
-    Raises ``ValueError`` for invalid values and ``RuntimeError`` once the runtime exists.
-    """
-    _native.configure(
-        worker_threads=worker_threads,
-        thread_name=thread_name,
-        max_blocking_threads=max_blocking_threads,
-        thread_stack_size=thread_stack_size,
-    )
 
 
 __all__ = [

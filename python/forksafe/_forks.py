@@ -127,7 +127,11 @@ def _raw_fork() -> int:
         raise OSError(f"raw clone is not wired up for {platform.machine()}")
     libc = ctypes.PyDLL(None)
     libc.syscall.restype = ctypes.c_long
-    pid = libc.syscall(_SYS_CLONE, signal.SIGCHLD, 0, 0, 0, 0)
+    # Full-width longs: a bare Python int goes into a variadic call as a 32-bit int.
+    zero = ctypes.c_long(0)
+    pid = libc.syscall(
+        ctypes.c_long(_SYS_CLONE), ctypes.c_long(signal.SIGCHLD), zero, zero, zero, zero
+    )
     if pid < 0:
         raise OSError(ctypes.get_errno(), "raw clone failed")
     return int(pid)

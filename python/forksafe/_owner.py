@@ -52,7 +52,3 @@ class PerProcess(Generic[R]):
         mine = self._records.setdefault(token, Owned(token))
         self._mine = mine
         return mine
-
-    def built(self) -> int:
-        """How many records of this process and its ancestors hold state (lineage length)."""
-        return sum(1 for r in list(self._records.values()) if r.state is not None)

@@ -44,7 +44,9 @@ fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(dict)
 }
 
-/// Configures this process's runtime before its first use.
+/// Configures the tokio runtime before its first use in this process (children inherit it).
+///
+/// Raises ValueError for invalid values and RuntimeError once the runtime exists.
 #[pyfunction]
 #[pyo3(signature = (*, worker_threads=None, thread_name=None, max_blocking_threads=None, thread_stack_size=None))]
 fn configure(

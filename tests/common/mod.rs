@@ -130,39 +130,18 @@ pub fn fork_process(method: ForkMethod) -> pid_t {
     }
 }
 
-/// `clone(SIGCHLD, 0, 0, 0, 0)` on x86_64: `clone(flags, newsp, parent_tid, child_tid, tls)`.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// `clone(SIGCHLD, 0, 0, 0, 0)`: with every pointer argument zero, the argument order that
+/// differs between x86_64 and aarch64 does not matter.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn raw_fork_syscall() -> pid_t {
-    let (flags, newsp, parent_tid, child_tid, tls) = (libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+    // Every argument is passed as a full c_ulong: a bare `0` would be a 32-bit variadic int.
+    let (flags, zero) = (libc::SIGCHLD as libc::c_ulong, 0 as libc::c_ulong);
     // SAFETY: a clone with only the exit signal set and no new stack behaves like fork(2),
     // minus glibc's atfork handlers; the caller has quiesced the other threads.
-    unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags,
-            newsp as libc::c_ulong,
-            parent_tid as libc::c_ulong,
-            child_tid as libc::c_ulong,
-            tls as libc::c_ulong,
-        ) as pid_t
-    }
-}
-
-/// `clone(SIGCHLD, 0, 0, 0, 0)` on aarch64: `clone(flags, newsp, parent_tid, tls, child_tid)`.
-#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-fn raw_fork_syscall() -> pid_t {
-    let (flags, newsp, parent_tid, tls, child_tid) = (libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
-    // SAFETY: as on x86_64; only the argument order differs.
-    unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags,
-            newsp as libc::c_ulong,
-            parent_tid as libc::c_ulong,
-            tls as libc::c_ulong,
-            child_tid as libc::c_ulong,
-        ) as pid_t
-    }
+    unsafe { libc::syscall(libc::SYS_clone, flags, zero, zero, zero, zero) as pid_t }
 }
 
 #[cfg(not(all(
