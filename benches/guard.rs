@@ -12,7 +12,7 @@ static HOOK_BASED: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static CLIENT: forksafe::ForkLocal<u64> = forksafe::ForkLocal::new(|| 7);
 
 fn guard(c: &mut Criterion) {
-    let mode = forksafe::process_info().guard;
+    let mode = forksafe::process_info().guard.mode;
     HOOK_BASED.store(Box::into_raw(Box::new(0u8)), Ordering::Release);
     forksafe::runtime().expect("runtime");
 
@@ -24,9 +24,7 @@ fn guard(c: &mut Criterion) {
         // SAFETY: getpid has no preconditions.
         b.iter(|| black_box(unsafe { libc::getpid() }))
     });
-    group.bench_function("guard", |b| {
-        b.iter(|| black_box(forksafe::guard::process_token()))
-    });
+    group.bench_function("guard", |b| b.iter(|| black_box(forksafe::process_token())));
     group.bench_function("runtime", |b| {
         b.iter(|| black_box(forksafe::runtime().map(|r| r as *const _)))
     });

@@ -6,9 +6,9 @@
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::{guard, Error, Result};
+use crate::{Error, Result};
 
-/// How each process's tokio runtime is built. Set with [`configure`] before first use.
+/// How each process's tokio runtime is built. Set with [`configure`](crate::configure) before first use.
 ///
 /// ```
 /// use forksafe::RuntimeConfig;
@@ -128,7 +128,11 @@ impl RuntimeConfig {
         self.thread_stack_size
     }
 
-    /// Checks every field; the error names the first one out of range.
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first field out of range.
     ///
     /// ```
     /// let err = forksafe::RuntimeConfig::new().max_blocking_threads(0).validate().unwrap_err();
@@ -172,29 +176,14 @@ impl Default for RuntimeConfig {
 /// The configuration in force for this lineage; null until the first `configure` or build.
 static CONFIG: AtomicPtr<RuntimeConfig> = AtomicPtr::new(ptr::null_mut());
 
-/// Sets the configuration of this process's runtime, and of the runtimes its children build.
-///
-/// Call it before the first use of the runtime in this process. Afterwards it returns
-/// [`Error::AlreadyStarted`]; invalid values return [`Error::InvalidConfig`].
-///
-/// ```
-/// forksafe::configure(forksafe::RuntimeConfig::new().worker_threads(2)).unwrap();
-/// let seven = forksafe::block_on(async { 7 }).unwrap();
-/// assert_eq!(seven, 7);
-/// assert!(matches!(
-///     forksafe::configure(forksafe::RuntimeConfig::new()),
-///     Err(forksafe::Error::AlreadyStarted { .. })
-/// ));
-/// ```
-pub fn configure(config: RuntimeConfig) -> Result<()> {
-    config.validate()?;
-    let process = guard::current();
-    process.while_not_started(|| {
-        // Leaked on purpose: a child may be reading the old value; `configure` is called a
-        // handful of times at most, before first use.
-        let fresh = Box::into_raw(Box::new(config));
-        CONFIG.store(fresh, Ordering::Release);
-    })
+/// Installs `config` for this lineage. The caller ([`configure`](crate::configure)) checks
+/// that this process has not built its runtime yet.
+pub(crate) fn set(config: RuntimeConfig) {
+    // Leaked on purpose: a child may be reading the old value; `configure` is called a handful
+    // of times at most, before first use. Release pairs with the Acquire in `current`, so a
+    // reader sees the fields of the value whose address it loads.
+    let fresh = Box::into_raw(Box::new(config));
+    CONFIG.store(fresh, Ordering::Release);
 }
 
 /// The configuration to build with, resolving and pinning the defaults on first use so that

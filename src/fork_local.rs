@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 use crate::guard;
-use crate::registry::Process;
+use crate::process::Process;
 
 /// A value owned by one process: built on first use in each process, rebuilt in a child, and
 /// never dropped in a process that did not build it.

@@ -23,7 +23,7 @@ use std::ffi::CStr;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::registry::Process;
+use crate::process::Process;
 
 /// How the guard tells that the calling process is not the one that built the cached state.
 ///
@@ -61,30 +61,70 @@ impl std::fmt::Display for GuardMode {
     }
 }
 
-/// The wipe-on-fork page. Null: mode not chosen yet. [`SYSCALL_MODE`]: no page, use `getpid()`.
-/// Otherwise it points at the `AtomicPtr<Process>` at the start of the page, valid forever (the
-/// page is never unmapped once published, and the mapping survives fork).
+/// The mode in force and why, published together: a reader never sees one without the other.
+///
+/// ```
+/// let choice = forksafe::process_info().guard;
+/// println!("guard: {} ({})", choice.mode, choice.reason);
+/// assert!(!choice.reason.is_empty());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GuardChoice {
+    /// How forks are detected in this lineage.
+    pub mode: GuardMode,
+    /// Why: `FORKSAFE_PID_CHECK`, or why the wipe-on-fork page is unavailable.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for GuardChoice {
+    /// `mode (reason)`, e.g. `wipeonfork (MADV_WIPEONFORK page)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.mode, self.reason)
+    }
+}
+
+/// What `choose` decided, leaked once per lineage and inherited by children (it is immutable).
+struct Choice {
+    /// The wipe-on-fork page, or null in syscall mode.
+    page: *mut AtomicPtr<Process>,
+    public: GuardChoice,
+}
+
+/// The lineage's [`Choice`]; null until the first access. Only ever moves from null to a leaked
+/// `Choice`, once, by compare-and-swap.
+///
+/// Orderings: the winning CAS is `AcqRel` and every load `Acquire`, so a thread that sees the
+/// pointer also sees the `Choice` fields written before it was published (Release half), and
+/// the losing thread sees the winner's fields (Acquire half of the failed CAS).
+static CHOICE: AtomicPtr<Choice> = AtomicPtr::new(ptr::null_mut());
+
+/// The fast path's copy of `Choice::page`: null until chosen, [`SYSCALL_MODE`] in syscall mode,
+/// else the page, whose first word is an `AtomicPtr<Process>` valid forever (the page is never
+/// unmapped once published, and the mapping survives fork). Written only after `CHOICE`, with
+/// the same value every time; `Acquire` loads pair with the `Release` store.
 static PAGE: AtomicPtr<AtomicPtr<Process>> = AtomicPtr::new(ptr::null_mut());
 
 /// The newest record of this lineage, in ordinary (inherited) memory. In syscall mode it is the
 /// cache the guard checks; in both modes a child reads it once to learn what it inherited.
+/// Records are published with `Release` (CAS `AcqRel`) and read with `Acquire`, so a reader sees
+/// a fully built record.
 static HEAD: AtomicPtr<Process> = AtomicPtr::new(ptr::null_mut());
 
-/// Why the mode is what it is; set once together with `PAGE`.
-static MODE_REASON: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
-
+/// `PAGE` in syscall mode: a non-null, never dereferenced address that no mmap can return
+/// (page-aligned results only).
 fn syscall_mode_marker() -> *mut AtomicPtr<Process> {
-    // A non-null, never dereferenced address that no mmap can return (page-aligned results only).
     ptr::dangling_mut::<AtomicPtr<Process>>()
 }
 
 /// This process's record, built on first use in each process.
 #[inline]
 pub(crate) fn current() -> &'static Process {
+    // Acquire: pairs with the Release store in `choose`; what the page holds is then readable.
     let page = PAGE.load(Ordering::Acquire);
     if !page.is_null() && page != syscall_mode_marker() {
         // SAFETY: a non-null, non-marker PAGE points at a live page-aligned AtomicPtr in a
-        // mapping that is never unmapped (see `choose_mode`).
+        // mapping that is never unmapped (see `choose`).
+        // Acquire: pairs with the publishing CAS in `slow_path`, so the record is fully built.
         let mine = unsafe { &*page }.load(Ordering::Acquire);
         // SAFETY: records are leaked on publication and never freed, so any pointer published
         // in the page or in HEAD stays valid for the life of the process (and of its children).
@@ -102,25 +142,9 @@ pub(crate) fn current() -> &'static Process {
     slow_path()
 }
 
-/// The mode in force, choosing it if nothing has asked yet.
-pub(crate) fn mode() -> GuardMode {
-    match choose_mode() {
-        Some(_) => GuardMode::WipeOnFork,
-        None => GuardMode::Syscall,
-    }
-}
-
-/// Why the guard runs in its mode (`FORKSAFE_PID_CHECK`, or why the page is unavailable).
-pub(crate) fn mode_reason() -> &'static str {
-    choose_mode();
-    let reason = MODE_REASON.load(Ordering::Acquire);
-    if reason.is_null() {
-        return "";
-    }
-    // SAFETY: MODE_REASON only ever holds pointers to NUL-terminated `&'static CStr` literals.
-    unsafe { CStr::from_ptr(reason.cast()) }
-        .to_str()
-        .unwrap_or("")
+/// The mode in force and why, choosing them if nothing has asked yet.
+pub(crate) fn choice() -> GuardChoice {
+    choose().public
 }
 
 /// An identifier of the calling process that no descendant shares.
@@ -131,8 +155,8 @@ pub(crate) fn mode_reason() -> &'static str {
 /// uses it as the owner of its loops and fork-local values.
 ///
 /// ```
-/// let token = forksafe::guard::process_token();
-/// assert_eq!(token, forksafe::guard::process_token());
+/// let token = forksafe::process_token();
+/// assert_eq!(token, forksafe::process_token());
 /// ```
 #[inline]
 pub fn process_token() -> u64 {
@@ -151,34 +175,9 @@ pub(crate) fn getpid() -> u32 {
 #[inline(never)]
 fn slow_path() -> &'static Process {
     let pid = getpid();
-    match choose_mode() {
-        Some(page) => loop {
-            // SAFETY: `choose_mode` returns only the live, never-unmapped page.
-            let slot = unsafe { &*page };
-            let mine = slot.load(Ordering::Acquire);
-            // SAFETY: published records are never freed.
-            if let Some(record) = unsafe { mine.as_ref() } {
-                return record;
-            }
-            // Whatever HEAD holds was built before the fork that zeroed our page, or by a thread
-            // of ours that lost the race below; either way it only serves as the lineage link.
-            let inherited = HEAD.load(Ordering::Acquire);
-            let fresh = Box::into_raw(Box::new(Process::new(pid, inherited)));
-            match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    HEAD.store(fresh, Ordering::Release);
-                    // SAFETY: just published; from here on it is never freed.
-                    return unsafe { &*fresh };
-                }
-                Err(_) => {
-                    // SAFETY: `fresh` lost the race and was never published, so this thread
-                    // still owns it exclusively.
-                    drop(unsafe { Box::from_raw(fresh) });
-                }
-            }
-        },
-        None => loop {
+    let page = choose().page;
+    if page.is_null() {
+        loop {
             let head = HEAD.load(Ordering::Acquire);
             // SAFETY: published records are never freed.
             if let Some(record) = unsafe { head.as_ref() } {
@@ -187,45 +186,99 @@ fn slow_path() -> &'static Process {
                 }
             }
             let fresh = Box::into_raw(Box::new(Process::new(pid, head)));
+            // AcqRel: Release publishes the record's fields; Acquire on failure sees the winner's.
             match HEAD.compare_exchange(head, fresh, Ordering::AcqRel, Ordering::Acquire) {
                 // SAFETY: just published; from here on it is never freed.
                 Ok(_) => return unsafe { &*fresh },
                 // SAFETY: never published, still exclusively ours.
                 Err(_) => drop(unsafe { Box::from_raw(fresh) }),
             }
-        },
+        }
+    }
+    // SAFETY: `choose` returns only the live, never-unmapped page (or null, handled above).
+    let slot = unsafe { &*page };
+    loop {
+        let mine = slot.load(Ordering::Acquire);
+        // SAFETY: published records are never freed.
+        if let Some(record) = unsafe { mine.as_ref() } {
+            return record;
+        }
+        // Whatever HEAD holds was built before the fork that zeroed our page, or by a thread of
+        // ours that lost the race below; either way it only serves as the lineage link.
+        let inherited = HEAD.load(Ordering::Acquire);
+        let fresh = Box::into_raw(Box::new(Process::new(pid, inherited)));
+        // AcqRel: Release publishes the record's fields; Acquire on failure sees the winner's.
+        match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                // Release: a child that reads HEAD sees this record whole.
+                HEAD.store(fresh, Ordering::Release);
+                // SAFETY: just published; from here on it is never freed.
+                return unsafe { &*fresh };
+            }
+            Err(_) => {
+                // SAFETY: `fresh` lost the race and was never published, so this thread still
+                // owns it exclusively.
+                drop(unsafe { Box::from_raw(fresh) });
+            }
+        }
     }
 }
 
-/// Picks the mode once per lineage. Returns the page in wipe-on-fork mode.
-fn choose_mode() -> Option<*mut AtomicPtr<Process>> {
-    let page = PAGE.load(Ordering::Acquire);
-    if page == syscall_mode_marker() {
-        return None;
+/// Picks the mode once per lineage (a child inherits its parent's choice).
+fn choose() -> &'static Choice {
+    // SAFETY: CHOICE holds null or a leaked, never-freed Choice.
+    if let Some(choice) = unsafe { CHOICE.load(Ordering::Acquire).as_ref() } {
+        return choice;
     }
-    if !page.is_null() {
-        return Some(page);
-    }
-    let (wanted, reason): (*mut AtomicPtr<Process>, &'static CStr) = match requested_mode() {
-        Requested::Syscall => (syscall_mode_marker(), c"FORKSAFE_PID_CHECK=syscall"),
-        Requested::Unknown => (syscall_mode_marker(), c"FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or 'syscall'); using the getpid() fallback"),
-        Requested::Auto => match map_wipe_on_fork_page() {
-            Ok(page) => (page, c"MADV_WIPEONFORK page"),
-            Err(why) => (syscall_mode_marker(), why),
-        },
-    };
-    match PAGE.compare_exchange(ptr::null_mut(), wanted, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            MODE_REASON.store(reason.as_ptr().cast_mut().cast(), Ordering::Release);
-            (wanted != syscall_mode_marker()).then_some(wanted)
-        }
+    let (mode, page, reason): (GuardMode, *mut AtomicPtr<Process>, &'static str) =
+        match requested_mode() {
+            Requested::Syscall => (
+                GuardMode::Syscall,
+                ptr::null_mut(),
+                "FORKSAFE_PID_CHECK=syscall",
+            ),
+            Requested::Unknown => (
+                GuardMode::Syscall,
+                ptr::null_mut(),
+                "FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or \
+                 'syscall'); using the getpid() fallback",
+            ),
+            Requested::Auto => match map_wipe_on_fork_page() {
+                Ok(page) => (GuardMode::WipeOnFork, page, "MADV_WIPEONFORK page"),
+                Err(why) => (GuardMode::Syscall, ptr::null_mut(), why),
+            },
+        };
+    let fresh = Box::into_raw(Box::new(Choice {
+        page,
+        public: GuardChoice { mode, reason },
+    }));
+    // AcqRel: Release publishes the fields; Acquire on failure makes the winner's readable.
+    let choice = match CHOICE.compare_exchange(
+        ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: just published; from here on it is never freed.
+        Ok(_) => unsafe { &*fresh },
         Err(winner) => {
-            if wanted != syscall_mode_marker() {
-                unmap_page(wanted);
+            // SAFETY: `fresh` was never published, so it is still exclusively ours.
+            let lost = unsafe { Box::from_raw(fresh) };
+            if !lost.page.is_null() {
+                unmap_page(lost.page);
             }
-            (winner != syscall_mode_marker()).then_some(winner)
+            // SAFETY: the winner is a leaked, never-freed Choice.
+            unsafe { &*winner }
         }
-    }
+    };
+    let fast = if choice.page.is_null() {
+        syscall_mode_marker()
+    } else {
+        choice.page
+    };
+    // Release: pairs with the Acquire load in `current`. Every thread stores the same value.
+    PAGE.store(fast, Ordering::Release);
+    choice
 }
 
 enum Requested {
@@ -252,7 +305,7 @@ fn requested_mode() -> Requested {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static CStr> {
+fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static str> {
     // SAFETY: page_size is a plain query without preconditions.
     let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
@@ -268,20 +321,20 @@ fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static CStr> {
         )
     };
     if page == libc::MAP_FAILED {
-        return Err(c"mmap of the wipe-on-fork page failed; using the getpid() fallback");
+        return Err("mmap of the wipe-on-fork page failed; using the getpid() fallback");
     }
     // SAFETY: `page` is the mapping of `len` bytes created just above.
     if unsafe { libc::madvise(page, len, libc::MADV_WIPEONFORK) } != 0 {
         unmap_page(page.cast());
-        return Err(c"MADV_WIPEONFORK unavailable (Linux < 4.14?); using the getpid() fallback");
+        return Err("MADV_WIPEONFORK unavailable (Linux < 4.14?); using the getpid() fallback");
     }
     // A fresh anonymous page is zero-filled: the AtomicPtr at its start reads as null.
     Ok(page.cast())
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static CStr> {
-    Err(c"MADV_WIPEONFORK exists only on Linux; using the getpid() fallback")
+fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static str> {
+    Err("MADV_WIPEONFORK exists only on Linux; using the getpid() fallback")
 }
 
 fn unmap_page(page: *mut AtomicPtr<Process>) {
@@ -307,7 +360,11 @@ mod tests {
 
     #[test]
     fn reports_a_mode_and_why() {
-        let mode = mode();
-        assert!(!mode_reason().is_empty(), "no reason recorded for {mode}");
+        let choice = choice();
+        assert!(
+            !choice.reason.is_empty(),
+            "no reason recorded for {}",
+            choice.mode
+        );
     }
 }

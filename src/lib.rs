@@ -9,11 +9,17 @@
 //! with the process that built the cached state; a child builds fresh state and never touches
 //! the inherited one again (it is leaked, not dropped).
 //!
-//! * [`guard`]: how a fork is detected, in about a nanosecond ([`GuardMode`]).
-//! * [`registry`]: one record per process, with its runtime and the runtimes it inherited.
-//! * [`config`]: what each process's runtime is built with ([`RuntimeConfig`], [`configure`]).
+//! * [`runtime`], [`handle`], [`spawn`], [`spawn_blocking`], [`block_on`]: this process's tokio
+//!   runtime, built on first use in each process, configured once with [`configure`].
 //! * [`ForkLocal`]: any other per-process resource, rebuilt after fork.
-//! * `python` (feature `python`): the PyO3 bridge for extension authors.
+//! * [`process_info`]: what this process built and inherited, and how forks are detected
+//!   ([`GuardMode`], in about a nanosecond per access on Linux).
+//! * [`python`] (feature `python`): the PyO3 bridge for extension authors, a drop-in for
+//!   `pyo3_async_runtimes::tokio`.
+//!
+//! The modules, in dependency order (none imports one that imports it back): `error`; `config`
+//! (the [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which
+//! record is mine); `runtime`, `fork_local` and `info` on top; `python` last.
 //!
 //! ```
 //! // Works the same in the parent and in any forked child.
@@ -32,23 +38,32 @@
 //! features: a child may not use `tokio::signal` or `tokio::process` through forksafe.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod config;
+mod config;
 mod error;
 mod fork_local;
-pub mod guard;
-pub mod registry;
+mod guard;
+mod info;
+mod process;
 mod runtime;
 
 #[cfg(feature = "python")]
+#[cfg_attr(docsrs, doc(cfg(feature = "python")))]
 pub mod python;
 
-#[cfg(feature = "test-hooks")]
-pub mod test_hooks;
+/// Fault injection for forksafe's own fork suites, compiled in only with
+/// `RUSTFLAGS="--cfg forksafe_test_hooks"`: no feature of this crate can turn it on.
+#[cfg(forksafe_test_hooks)]
+mod test_hooks;
+#[cfg(forksafe_test_hooks)]
+#[doc(hidden)]
+pub use test_hooks::{clear_build_hook, lock_lineage_shard, set_build_hook};
 
-pub use config::{configure, RuntimeConfig};
+pub use config::{RuntimeConfig, MIN_THREAD_STACK_SIZE};
 pub use error::{Error, Result};
 pub use fork_local::ForkLocal;
-pub use guard::GuardMode;
-pub use registry::{process_info, InheritedRuntime, ProcessInfo};
-pub use runtime::{block_on, handle, runtime, spawn, spawn_blocking};
+pub use guard::{process_token, GuardChoice, GuardMode};
+pub use info::{process_info, ProcessInfo};
+pub use process::InheritedRuntime;
+pub use runtime::{block_on, configure, handle, runtime, spawn, spawn_blocking};

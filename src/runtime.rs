@@ -1,22 +1,29 @@
-//! The public entry points onto this process's runtime. Each goes through the PID guard, so a
-//! forked child transparently gets (and builds, on first use) a runtime of its own.
+//! This process's tokio runtime: how it is built, configured, and reached.
 //!
-//! Nothing here consults `Handle::current()` or any other thread-local that the forking thread
-//! carries into a child (invariant 7): the runtime always comes from the guard.
+//! Each entry point goes through the PID [guard](crate::guard), so a forked child transparently
+//! gets (and builds, on first use) a runtime of its own; the runtime is stored in the calling
+//! process's [record](crate::process). Nothing here consults `Handle::current()` or any other
+//! thread-local that the forking thread carries into a child (invariant 7): the runtime always
+//! comes from the guard.
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-use crate::registry::on_runtime_thread;
-use crate::{guard, Error, Result};
+use crate::{config, guard, Error, Result, RuntimeConfig};
 
 /// This process's runtime, built on first use in each process.
 ///
 /// The reference is valid for the life of the process. Do not carry it, or a [`Handle`] from
 /// it, across a fork: call again in the child.
+///
+/// # Errors
+///
+/// [`Error::Build`] if tokio cannot build the runtime (out of threads, file descriptors or
+/// memory); the next call tries again.
 ///
 /// ```
 /// let rt = forksafe::runtime().unwrap();
@@ -24,10 +31,87 @@ use crate::{guard, Error, Result};
 /// ```
 #[inline]
 pub fn runtime() -> Result<&'static Runtime> {
-    guard::current().runtime()
+    let process = guard::current();
+    if let Some(runtime) = process.runtime() {
+        return Ok(runtime);
+    }
+    build_for(process)
+}
+
+#[cold]
+fn build_for(process: &'static crate::process::Process) -> Result<&'static Runtime> {
+    process.runtime_or_build(|| {
+        #[cfg(forksafe_test_hooks)]
+        crate::test_hooks::while_building_runtime();
+        build(config::current()).map_err(|source| Error::Build {
+            pid: process.pid(),
+            source,
+        })
+    })
+}
+
+/// Sets the configuration of this process's runtime, and of the runtimes its children build.
+///
+/// Call it before the first use of the runtime in this process.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] naming the first field out of range; [`Error::AlreadyStarted`] once
+/// this process has built its runtime.
+///
+/// ```
+/// forksafe::configure(forksafe::RuntimeConfig::new().worker_threads(2)).unwrap();
+/// let seven = forksafe::block_on(async { 7 }).unwrap();
+/// assert_eq!(seven, 7);
+/// assert!(matches!(
+///     forksafe::configure(forksafe::RuntimeConfig::new()),
+///     Err(forksafe::Error::AlreadyStarted { .. })
+/// ));
+/// ```
+pub fn configure(config: RuntimeConfig) -> Result<()> {
+    config.validate()?;
+    let process = guard::current();
+    if process.while_not_started(|| config::set(config)) {
+        Ok(())
+    } else {
+        Err(Error::AlreadyStarted { pid: process.pid() })
+    }
+}
+
+thread_local! {
+    /// Set on every thread a forksafe runtime starts: `block_on` there would panic or deadlock.
+    static RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread was started by a forksafe runtime (this process's or, when a
+/// runtime thread forked, an ancestor's).
+fn on_runtime_thread() -> bool {
+    RUNTIME_THREAD.with(Cell::get)
+}
+
+fn build(config: &RuntimeConfig) -> std::io::Result<Runtime> {
+    let prefix = config.get_thread_name().to_owned();
+    let counter = AtomicUsize::new(0);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.get_worker_threads())
+        .max_blocking_threads(config.get_max_blocking_threads())
+        // Always explicit: without it std reads RUST_MIN_STACK under its environment lock.
+        .thread_stack_size(config.get_thread_stack_size())
+        .thread_name_fn(move || {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            format!("{prefix}-{n}")
+        })
+        .on_thread_start(|| RUNTIME_THREAD.with(|flag| flag.set(true)))
+        .enable_io()
+        .enable_time()
+        .build()
 }
 
 /// A handle to this process's runtime, built on first use in each process.
+///
+/// # Errors
+///
+/// As [`runtime`].
 ///
 /// ```
 /// let handle = forksafe::handle().unwrap();
@@ -40,6 +124,10 @@ pub fn handle() -> Result<Handle> {
 }
 
 /// Spawns `fut` onto this process's runtime.
+///
+/// # Errors
+///
+/// As [`runtime`].
 ///
 /// ```
 /// let task = forksafe::spawn(async { "done" }).unwrap();
@@ -55,6 +143,10 @@ where
 }
 
 /// Runs `f` on this process's blocking pool.
+///
+/// # Errors
+///
+/// As [`runtime`].
 ///
 /// ```
 /// let task = forksafe::spawn_blocking(|| std::process::id()).unwrap();
@@ -75,8 +167,10 @@ thread_local! {
 
 /// Drives `fut` to completion on the calling thread, with this process's runtime.
 ///
-/// Returns [`Error::InsideRuntime`] instead of tokio's panic (or a deadlock) when called from a
-/// thread of a forksafe runtime, or from inside another `block_on`.
+/// # Errors
+///
+/// [`Error::InsideRuntime`] instead of tokio's panic (or a deadlock) when called from a thread
+/// of a forksafe runtime, or from inside another `block_on`; otherwise as [`runtime`].
 ///
 /// ```
 /// let answer = forksafe::block_on(async {

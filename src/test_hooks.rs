@@ -1,5 +1,6 @@
-//! Fault-injection points for the fork suites (cargo feature `test-hooks`). Never enable this
-//! feature in a shipped build.
+//! Fault-injection points for the fork suites, compiled only with
+//! `RUSTFLAGS="--cfg forksafe_test_hooks"` (as tokio gates `tokio_unstable`): no cargo feature
+//! of the published crate, and so no crate in a dependent's graph, can turn them on.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
@@ -13,8 +14,8 @@ static BUILD_HOOK_PID: AtomicU32 = AtomicU32::new(0);
 /// thread inside the slow path and fork.
 ///
 /// ```
-/// forksafe::test_hooks::set_build_hook(|| {});
-/// forksafe::test_hooks::clear_build_hook();
+/// forksafe::set_build_hook(|| {});
+/// forksafe::clear_build_hook();
 /// ```
 pub fn set_build_hook(hook: fn()) {
     BUILD_HOOK_PID.store(guard::getpid(), Ordering::SeqCst);
@@ -24,7 +25,7 @@ pub fn set_build_hook(hook: fn()) {
 /// Removes the build hook.
 ///
 /// ```
-/// forksafe::test_hooks::clear_build_hook();
+/// forksafe::clear_build_hook();
 /// ```
 pub fn clear_build_hook() {
     BUILD_HOOK.store(0, Ordering::SeqCst);
@@ -43,7 +44,7 @@ pub(crate) fn while_building_runtime() {
 /// thread calling [`process_info`](crate::process_info) parks on it inside `parking_lot_core`.
 ///
 /// ```
-/// let guard = forksafe::test_hooks::lock_lineage_shard();
+/// let guard = forksafe::lock_lineage_shard();
 /// drop(guard);
 /// ```
 pub fn lock_lineage_shard() -> impl Drop {

@@ -50,8 +50,8 @@ fn libc_fork_child_builds_and_uses_its_own_runtime() {
 #[test]
 fn guard_mode_follows_the_environment_in_parent_and_child() {
     let info = forksafe::process_info();
-    assert_eq!(info.guard.as_str(), expected_guard());
-    assert!(!info.guard_reason.is_empty());
+    assert_eq!(info.guard.mode.as_str(), expected_guard());
+    assert!(!info.guard.reason.is_empty());
     let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
         report_info(rep, "info.", &forksafe::process_info());
     });
@@ -61,7 +61,7 @@ fn guard_mode_follows_the_environment_in_parent_and_child() {
     assert_eq!(child.pid, report.pid as u32);
     assert_eq!(
         report.value("info.guard_reason"),
-        info.guard_reason,
+        info.guard.reason,
         "a child keeps its lineage's mode"
     );
 }

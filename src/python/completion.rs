@@ -53,23 +53,7 @@ struct Queue {
 
 impl Queue {
     fn new() -> PyResult<Self> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid two-element array for pipe to fill.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-            return Err(PyOSError::new_err(
-                std::io::Error::last_os_error().to_string(),
-            ));
-        }
-        // SAFETY: pipe succeeded, so both fds are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        for fd in [&read, &write] {
-            // SAFETY: plain fcntl calls on fds we own.
-            unsafe {
-                libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-                let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-            }
-        }
+        let (read, write) = wake_pipe().map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(Queue {
             done: Mutex::new(Some(Vec::new())),
             wake_write: write,
@@ -118,6 +102,45 @@ impl Queue {
         let mut queue = self.done.lock().unwrap_or_else(PoisonError::into_inner);
         queue.take().unwrap_or_default()
     }
+}
+
+/// A non-blocking, close-on-exec pipe `(read, write)`. Close-on-exec from birth (`pipe2`), so a
+/// concurrent fork+exec in another thread cannot carry it into an unrelated program.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn wake_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Where `pipe2` is missing (macOS): `pipe`, then the flags, every `fcntl` checked. A fork+exec
+/// in between can inherit the fds; nothing better exists there.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn wake_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe to fill.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe succeeded, so both fds are open and owned by nobody else.
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [pair.0.as_raw_fd(), pair.1.as_raw_fd()] {
+        // SAFETY: plain fcntl calls on an fd we own; each result is checked.
+        unsafe {
+            if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags == -1 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(pair)
 }
 
 /// One asyncio loop's completer in this process; its `__call__` is the loop's reader callback.
@@ -332,6 +355,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// [`future_into_py`](super::future_into_py) with explicit task locals (the loop to complete
 /// on), like `pyo3_async_runtimes::tokio::future_into_py_with_locals`.
+///
+/// # Errors
+///
+/// `OSError` if the runtime or the loop's wake pipe cannot be made; whatever the loop raises
+/// from `create_future`, `add_done_callback` or `add_reader`.
 ///
 /// ```
 /// use pyo3::prelude::*;

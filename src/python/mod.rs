@@ -25,8 +25,6 @@ use crate::Error;
 
 mod completion;
 pub use completion::future_into_py_with_locals;
-#[cfg(feature = "native-module")]
-mod module;
 
 /// The pyo3-async-runtimes runtime type backed by this process's forksafe runtime.
 ///
@@ -40,12 +38,24 @@ mod module;
 pub struct ForksafeRuntime;
 
 /// Why a task spawned through [`ForksafeRuntime`] did not complete.
-#[derive(Debug)]
+///
+/// ```
+/// use forksafe::python::{ForksafeRuntime, TaskError};
+/// use pyo3_async_runtimes::generic::Runtime;
+///
+/// let task = ForksafeRuntime::spawn(async { panic!("boom") });
+/// let err: TaskError = forksafe::block_on(task).unwrap().unwrap_err();
+/// assert!(err.to_string().contains("panicked"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskError {
     /// The task panicked or was cancelled.
-    Join(tokio::task::JoinError),
+    #[error("task failed: {0}")]
+    Join(#[source] tokio::task::JoinError),
     /// This process's runtime could not be built, so the task never ran.
-    Runtime(Error),
+    #[error("task never ran: {0}")]
+    Runtime(#[source] Error),
 }
 
 impl generic::JoinError for TaskError {
@@ -127,6 +137,11 @@ impl ContextExt for ForksafeRuntime {
 /// `docs/design.md`): no thread per await, and no Python object is dropped off the GIL by the
 /// bridge. If Python cancels the awaitable, the future is dropped at its next poll.
 ///
+/// # Errors
+///
+/// `RuntimeError` if no asyncio loop is running on the calling thread; `OSError` if the runtime
+/// or the loop's wake pipe cannot be made; whatever the loop raises when asked for a future.
+///
 /// ```
 /// use pyo3::prelude::*;
 ///
@@ -150,6 +165,11 @@ where
 /// Drives `fut` to completion on this process's runtime with the GIL released: the sync fast
 /// path for extension authors' blocking APIs, with no Python event loop in the way.
 ///
+/// # Errors
+///
+/// What the future returns; `RuntimeError` if called on a runtime thread or inside another
+/// `block_on` ([`Error::InsideRuntime`]); `OSError` if the runtime cannot be built.
+///
 /// ```
 /// use pyo3::prelude::*;
 ///
@@ -166,7 +186,9 @@ where
     py.detach(|| crate::block_on(fut)).map_err(to_py_err)?
 }
 
-/// Maps a forksafe [`Error`] onto the matching Python exception.
+/// Maps a forksafe [`Error`] onto the matching Python exception: `ValueError` for an invalid
+/// configuration, `OSError` when the runtime cannot be built, `RuntimeError` otherwise. The same
+/// mapping as `PyErr::from(error)`, so `?` works in a `#[pyfunction]`.
 ///
 /// ```
 /// use pyo3::exceptions::PyValueError;
@@ -184,5 +206,12 @@ pub fn to_py_err(error: Error) -> PyErr {
         Error::InvalidConfig { .. } => PyValueError::new_err(message),
         Error::Build { .. } => PyOSError::new_err(message),
         _ => PyRuntimeError::new_err(message),
+    }
+}
+
+impl From<Error> for PyErr {
+    /// As [`to_py_err`].
+    fn from(error: Error) -> PyErr {
+        to_py_err(error)
     }
 }

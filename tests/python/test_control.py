@@ -24,7 +24,7 @@ def _control_echo() -> Any:
     if not forksafe._native.TEST_HOOKS:
         pytest.fail(
             "forksafe._native was built without test hooks: the fork suite needs the test wheel, "
-            "built with `maturin build --features native-module,test-hooks`",
+            "built with `maturin build --features test-hooks`",
             pytrace=False,
         )
     return forksafe._native.testing.control_echo

@@ -1,14 +1,17 @@
-//! `forksafe._native`: the extension module of the Python package (feature `native-module`).
+//! `forksafe._native`: the extension module of the `forksafe` Python package.
+//!
+//! Its own crate (never published), so that the `forksafe` library stays an rlib for the
+//! extension authors who depend on it. The feature `test-hooks` adds a control probe through
+//! plain `pyo3-async-runtimes` for the fork suites; the shipped wheel never has it.
 
+use forksafe::python::{block_on, future_into_py, to_py_err};
+use forksafe::RuntimeConfig;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::{block_on, future_into_py, to_py_err};
-use crate::RuntimeConfig;
-
-/// tokio's features in this build. `scripts/test` checks this list against
-/// `cargo tree -e normal,features -i tokio`, so it cannot drift from what is compiled in.
+/// tokio's features in this build. The test `tokio_features` of this crate checks this list
+/// against `cargo tree -e normal,features -i tokio`, so it cannot drift from what is compiled in.
 const TOKIO_FEATURES: &[&str] = &["net", "rt", "rt-multi-thread", "time"];
 
 /// What this extension was built with.
@@ -20,16 +23,16 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(dict)
 }
 
-/// An identifier of this process that a descendant never shares (see `guard::process_token`).
+/// An identifier of this process that a descendant never shares (see `forksafe::process_token`).
 #[pyfunction]
 fn process_token() -> u64 {
-    crate::guard::process_token()
+    forksafe::process_token()
 }
 
 /// This process's runtime state as a dict.
 #[pyfunction]
 fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let info = crate::process_info();
+    let info = forksafe::process_info();
     let dict = PyDict::new(py);
     dict.set_item("pid", info.pid)?;
     dict.set_item("depth", info.depth)?;
@@ -39,8 +42,8 @@ fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         inherited.append((runtime.pid, runtime.generations_back))?;
     }
     dict.set_item("inherited_runtimes", inherited)?;
-    dict.set_item("guard", info.guard.as_str())?;
-    dict.set_item("guard_reason", info.guard_reason)?;
+    dict.set_item("guard", info.guard.mode.as_str())?;
+    dict.set_item("guard_reason", info.guard.reason)?;
     Ok(dict)
 }
 
@@ -68,7 +71,7 @@ fn configure(
     if let Some(bytes) = thread_stack_size {
         config = config.thread_stack_size(bytes);
     }
-    crate::configure(config).map_err(to_py_err)
+    forksafe::configure(config).map_err(to_py_err)
 }
 
 /// Native probes: each goes through this process's runtime.
@@ -107,7 +110,7 @@ mod testing {
     #[pyfunction]
     pub fn pid(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         future_into_py(py, async move {
-            let task = crate::spawn(async { std::process::id() }).map_err(to_py_err)?;
+            let task = forksafe::spawn(async { std::process::id() }).map_err(to_py_err)?;
             task.await
                 .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
         })
@@ -153,4 +156,44 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     probes.add_function(wrap_pyfunction!(testing::control_echo, &probes)?)?;
     m.add_submodule(&probes)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Invariant 8 (docs/design.md): tokio is built without its process-global drivers and
+    /// without `parking_lot`, and `TOKIO_FEATURES` (what `doctor` reports) is what cargo
+    /// resolves for the shipped wheel (no `test-hooks`).
+    #[test]
+    fn tokio_features_are_what_cargo_resolves_and_nothing_process_global() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let output = std::process::Command::new(cargo)
+            .args(["tree", "--offline", "--locked", "--manifest-path", manifest])
+            .args(["-p", "forksafe-native", "--no-default-features"])
+            .args(["-e", "normal,features", "-i", "tokio", "--prefix", "none"])
+            .output()
+            .expect("run cargo tree");
+        let tree = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut features: Vec<&str> = tree
+            .lines()
+            .filter_map(|line| line.strip_prefix("tokio feature \""))
+            .filter_map(|rest| rest.split('"').next())
+            // Not features of tokio's own: optional dependencies that `net` switches on.
+            .filter(|f| !matches!(*f, "default" | "libc" | "mio" | "socket2"))
+            .collect();
+        features.sort_unstable();
+        features.dedup();
+        for forbidden in ["signal", "process", "parking_lot"] {
+            assert!(
+                !features.contains(&forbidden),
+                "tokio feature `{forbidden}` is on (a process-global driver or parking_lot):\n{tree}"
+            );
+        }
+        assert_eq!(features, super::TOKIO_FEATURES, "cargo tree:\n{tree}");
+    }
 }

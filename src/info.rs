@@ -1,0 +1,46 @@
+//! [`process_info`]: what forksafe knows about the calling process.
+
+use crate::guard::{self, GuardChoice};
+use crate::process::InheritedRuntime;
+
+/// What forksafe knows about the calling process. See [`process_info`].
+///
+/// ```
+/// let info = forksafe::process_info();
+/// assert_eq!(info.pid, std::process::id());
+/// assert!(info.runtimes_built <= 1);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessInfo {
+    /// This process's ID.
+    pub pid: u32,
+    /// How many forksafe-using ancestors this process has (0 for the first).
+    pub depth: u32,
+    /// Runtimes built by this process: 0 before first use, then 1, never more.
+    pub runtimes_built: usize,
+    /// Runtimes inherited from ancestors, leaked on purpose and never used.
+    pub inherited_runtimes: Vec<InheritedRuntime>,
+    /// How the guard detects forks in this lineage, and why.
+    pub guard: GuardChoice,
+}
+
+/// What forksafe knows about the calling process: PID, runtimes built here (0 or 1), the
+/// inherited runtimes it leaked, and the guard's mode with its reason.
+///
+/// ```
+/// forksafe::block_on(async {}).unwrap();
+/// let info = forksafe::process_info();
+/// assert_eq!(info.runtimes_built, 1);
+/// assert!(info.inherited_runtimes.is_empty());
+/// ```
+pub fn process_info() -> ProcessInfo {
+    let process = guard::current();
+    ProcessInfo {
+        pid: process.pid(),
+        depth: process.depth(),
+        runtimes_built: usize::from(process.runtime().is_some()),
+        inherited_runtimes: process.inherited(),
+        guard: guard::choice(),
+    }
+}
