@@ -1,15 +1,27 @@
 //! The PyO3 bridge for extension authors (feature `python`).
 //!
-//! A drop-in for `pyo3_async_runtimes::tokio`: every spawn goes through the PID guard, so an
-//! extension's awaitables keep working in a forked child. Migrating is a one-line change:
+//! A drop-in for `pyo3_async_runtimes::tokio`: the same functions with the same signatures
+//! (see the parity table in `docs/extension-authors.md` for the two that differ), and every
+//! spawn goes through the PID guard, so an extension's awaitables keep working in a forked
+//! child. Migrating is a `use` change:
 //!
 //! ```text
-//! - use pyo3_async_runtimes::tokio::future_into_py;
-//! + use forksafe::python::future_into_py;
+//! - use pyo3_async_runtimes::tokio::{future_into_py, get_runtime, into_future};
+//! + use forksafe::python::{future_into_py, get_runtime, into_future};
 //! ```
 //!
-//! [`ForksafeRuntime`] implements `pyo3_async_runtimes::generic::{Runtime, ContextExt}`, so the
-//! rest of pyo3-async-runtimes' generic API works on top of forksafe too.
+//! | concept | items |
+//! |---|---|
+//! | Rust future → Python awaitable | [`future_into_py`], [`future_into_py_with_locals`], [`local_future_into_py`], [`local_future_into_py_with_locals`] |
+//! | Python awaitable → Rust future | [`into_future`] |
+//! | the loop and contextvars of a task | [`get_current_loop`], [`get_current_locals`], [`scope`], [`scope_local`] |
+//! | running a future on a new or given loop | [`run`], [`run_until_complete`] |
+//! | this process's runtime | [`get_runtime`], [`init`], [`block_on`] |
+//! | async generators → streams (feature `unstable-streams`) | `into_stream_v1`, `into_stream_v2`, `into_stream_with_locals_v1`, `into_stream_with_locals_v2` |
+//!
+//! [`ForksafeRuntime`] implements `pyo3_async_runtimes::generic::{Runtime, ContextExt,
+//! SpawnLocalExt, LocalContextExt}`, so the rest of pyo3-async-runtimes' generic API works on
+//! top of forksafe too.
 
 use std::cell::OnceCell;
 use std::future::Future;
@@ -23,8 +35,51 @@ use pyo3_async_runtimes::TaskLocals;
 
 use crate::Error;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+#[path = "testing.rs"]
+pub mod __testing;
 mod completion;
+mod local;
+mod locals;
+mod run;
+#[cfg(feature = "unstable-streams")]
+mod streams;
+
 pub use completion::future_into_py_with_locals;
+/// Registers a test with pyo3-async-runtimes' test harness (`pyo3_async_runtimes::testing::main`)
+/// on forksafe's runtime, as `#[pyo3_async_runtimes::tokio::test]` does (feature `testing`).
+///
+/// ```
+/// use pyo3::prelude::*;
+///
+/// #[forksafe::python::test]
+/// async fn test_sleep() -> PyResult<()> {
+///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+///     Ok(())
+/// }
+///
+/// #[forksafe::python::test]
+/// fn test_blocking(event_loop: Py<PyAny>) -> PyResult<()> {
+///     Python::attach(|py| event_loop.bind(py).call_method0("is_running")?.is_truthy())
+///         .map(|running| assert!(running))
+/// }
+///
+/// fn main() -> PyResult<()> {
+///     Python::initialize();
+///     Python::attach(|py| forksafe::python::run(py, pyo3_async_runtimes::testing::main()))
+/// }
+/// ```
+#[cfg(feature = "testing")]
+pub use forksafe_macros::test;
+#[allow(deprecated)]
+pub use local::{local_future_into_py, local_future_into_py_with_locals};
+pub use locals::{get_current_locals, get_current_loop, scope, scope_local};
+pub use run::{get_runtime, init, into_future, run, run_until_complete};
+#[cfg(feature = "unstable-streams")]
+pub use streams::{
+    into_stream_v1, into_stream_v2, into_stream_with_locals_v1, into_stream_with_locals_v2,
+};
 
 /// The pyo3-async-runtimes runtime type backed by this process's forksafe runtime.
 ///
@@ -130,8 +185,10 @@ impl ContextExt for ForksafeRuntime {
 /// Converts a Rust future into a Python awaitable, run on this process's runtime.
 ///
 /// A drop-in for `pyo3_async_runtimes::tokio::future_into_py`. Must be called with a running
-/// asyncio loop (from a coroutine, or a function called by one). Inside the future,
-/// `pyo3_async_runtimes::generic::get_current_locals::<ForksafeRuntime>` finds the loop.
+/// asyncio loop (from a coroutine, or a function called by one), or from inside another
+/// bridged future. The future runs with [`get_current_locals`]: the loop and a copy of the
+/// caller's `contextvars` context, so Python code it awaits through [`into_future`] sees the
+/// caller's `ContextVar`s. Inside the future, [`get_current_loop`] finds the loop.
 ///
 /// Completions reach the loop through one queue per loop, drained on a single wake (see
 /// `docs/design.md`): no thread per await, and no Python object is dropped off the GIL by the
@@ -155,11 +212,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    let locals = match ForksafeRuntime::get_task_locals() {
-        Some(locals) => locals,
-        None => TaskLocals::new(completion::running_loop(py)?),
-    };
-    future_into_py_with_locals(py, locals, fut)
+    future_into_py_with_locals(py, get_current_locals(py)?, fut)
 }
 
 /// Drives `fut` to completion on this process's runtime with the GIL released: the sync fast

@@ -448,6 +448,22 @@ pub fn fork_child<F: FnOnce(&Reporter)>(
     deadline: Duration,
     child: F,
 ) -> ChildReport {
+    fork_child_with(
+        &format!("{method:?}"),
+        || fork_process(method),
+        deadline,
+        child,
+    )
+}
+
+/// [`fork_child`] with any fork primitive (for example Python's `os.fork`): `fork` returns 0 in
+/// the child, the child's PID in the parent, -1 on failure; `name` labels a failure.
+pub fn fork_child_with<F: FnOnce(&Reporter)>(
+    name: &str,
+    fork: impl FnOnce() -> pid_t,
+    deadline: Duration,
+    child: F,
+) -> ChildReport {
     install_panic_hook();
     let top_level = REPORT_FD.load(Ordering::SeqCst) < 0;
     let mut fds = [0 as c_int; 2];
@@ -456,7 +472,7 @@ pub fn fork_child<F: FnOnce(&Reporter)>(
         panic!("pipe2 failed: {}", errno());
     }
     let (read_fd, write_fd) = (fds[0], fds[1]);
-    let pid = fork_process(method);
+    let pid = fork();
     if pid < 0 {
         let err = errno();
         // SAFETY: both descriptors are ours.
@@ -464,7 +480,7 @@ pub fn fork_child<F: FnOnce(&Reporter)>(
             libc::close(read_fd);
             libc::close(write_fd);
         }
-        panic!("fork ({method:?}) failed: {err}");
+        panic!("fork ({name}) failed: {err}");
     }
     if pid == 0 {
         // The child.
