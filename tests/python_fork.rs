@@ -120,8 +120,18 @@ fn roundtrip_on(
 /// Uses get_runtime, run, into_future and future_into_py (and uvloop when present).
 fn workload(py: Python<'_>, module: &Bound<'_, PyModule>, x: u64) -> PyResult<Round> {
     let mut round = Round(Vec::new());
-    let mut put = |k: &str, v: String| round.0.push((k.to_owned(), v));
+    workload_reporting(py, module, x, &mut |k, v| round.0.push((k.to_owned(), v)))?;
+    Ok(round)
+}
 
+/// [`workload`], handing each value to `put` as soon as it exists (a hung child's last words
+/// then say how far it got).
+fn workload_reporting(
+    py: Python<'_>,
+    module: &Bound<'_, PyModule>,
+    x: u64,
+    put: &mut dyn FnMut(&str, String),
+) -> PyResult<()> {
     let runtime = bridge::get_runtime();
     put("runtime_addr", format!("{}", runtime as *const _ as usize));
     let spawned =
@@ -157,7 +167,7 @@ fn workload(py: Python<'_>, module: &Bound<'_, PyModule>, x: u64) -> PyResult<Ro
         }
         Err(err) => put("uvloop.skipped", err.to_string()),
     }
-    Ok(round)
+    Ok(())
 }
 
 /// `into_stream_v1` and `into_stream_v2` over the async generator `count(x % 7 + 2)`.
@@ -263,10 +273,7 @@ fn fork_and_compare(name: &str, fork: impl FnOnce(Python<'_>) -> libc::pid_t) {
             || fork(py),
             CHILD_DEADLINE,
             |rep| {
-                let round = workload(py, &module, 30).unwrap();
-                for (k, v) in &round.0 {
-                    rep.kv(k, v);
-                }
+                workload_reporting(py, &module, 30, &mut |k, v| rep.kv(k, v)).unwrap();
             },
         );
         report.assert_ok();
