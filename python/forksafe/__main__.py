@@ -1,17 +1,23 @@
-"""``python -m forksafe stress|doctor``."""
+"""``python -m forksafe check|stress|doctor``."""
 
 from __future__ import annotations
 
+import os
 import sys
+
+USAGE = "usage: python -m forksafe {check,stress,doctor} [options]  (--help on each)"
 
 
 def main() -> int:
     """Dispatches to the subcommand."""
-    usage = "usage: python -m forksafe {stress,doctor} [options]  (--help on each)"
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(usage)
+        print(USAGE)
         return 0 if len(sys.argv) >= 2 else 2
     command, rest = sys.argv[1], sys.argv[2:]
+    if command == "check":
+        from ._check import main as check
+
+        return check(rest)
     if command == "stress":
         from ._stress import main as stress
 
@@ -20,9 +26,25 @@ def main() -> int:
         from ._doctor import main as doctor
 
         return doctor(rest)
-    print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
+    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
 
+def _leave(code: int) -> None:
+    """Leaves without running the exit hooks of the code ``check`` ran here: they belong to what
+    is being checked, and one that hangs must not hang the checker."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # type: ignore[attr-defined]
+    if callable(stop):
+        stop()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if len(sys.argv) > 1 and sys.argv[1] == "check":
+        _leave(code)
+    sys.exit(code)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import forksafe
 
 from . import _native
-from ._forks import METHODS, run_forks, warm_up
+from ._forks import FORK_PATHS, run_forks
+from ._stress import ProbeWork, warm_up
 
 _MEANING = {
     "wipeonfork": "the guard is a plain memory read (about 1 ns) and sees every fork path, "
@@ -33,11 +34,11 @@ def diagnose() -> dict[str, object]:
     """Collects the report; forks one child per method to verify what it claims."""
     warm_up()
     info = forksafe.runtime_info()
-    paths = {}
-    for method in METHODS:
-        outcome = next(iter(run_forks(method, 1, depth=2, deadline=10.0)))
+    verdicts = {}
+    for outcome in run_forks(ProbeWork(), FORK_PATHS, concurrency=1, depth=2, deadline=10.0):
         ok = outcome.status == "ok"
-        paths[method] = "covered" if ok else f"{outcome.status}: {outcome.detail}"
+        verdicts[outcome.method] = "covered" if ok else f"{outcome.status}: {outcome.detail}"
+    paths = {method: verdicts[method] for method in FORK_PATHS}
     # A child that rebuilt its runtime and saw its own PID on a worker detected the fork.
     verified_guard = paths["os_fork"] == "covered"
     build = _native.build_info()

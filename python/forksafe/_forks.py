@@ -1,124 +1,233 @@
-"""Every fork path forksafe covers, and a child that proves both layers work after it.
+"""The fork engine of ``python -m forksafe check``, ``stress`` and ``doctor``.
 
-Shared by ``python -m forksafe stress`` and ``doctor``. Each fork runs its child under a hang
-detector: the parent waits on a pipe with a deadline, SIGKILLs a child that misses it, and keeps
-whatever the child wrote last. Children always leave with ``os._exit``: after a C-level or raw
-fork CPython never ran its after-fork code, and nothing of the parent's must run twice.
+A *launch* is one child started by one path of :data:`PATHS` (for ``nested``, a chain of
+``depth`` generations, each forked by the one above). Every process of a launch runs the same
+:class:`Work` once and reports on a pipe; the parent enforces a deadline on every phase of every
+process and gives each one of the verdicts in :data:`KINDS`:
+
+- ``ok``; ``wrong``: the work said so, or raised (its traceback is the detail);
+- ``hung``: no result by the deadline; ``hangs_at_exit``: a result, then no exit by the deadline
+  (only for work that asks for the exit check: the child then leaves through the interpreter's
+  normal exit instead of ``os._exit``);
+- ``crashed``: killed by a signal, or an abnormal exit.
+
+At a deadline the parent reads the process's native thread names (``/proc/PID/task/*/comm``),
+sends it :data:`DUMP_SIGNAL` (``faulthandler`` writes every Python thread's stack into the pipe),
+then kills the launch's whole process group and reaps it. Every child leads its own process group,
+so nothing a child started outlives its launch; every pipe is closed when the launch ends.
+
+The pipe carries the child's stdout and stderr too: event lines start with :data:`_MARK`, every
+other line is the child's own output (or a stack dump).
 """
 
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import select
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, NoReturn, Union
 
-import forksafe
-from forksafe import testing
+FORK_PATHS = ("os_fork", "mp_fork", "c_fork", "raw_syscall", "thread_fork", "nested")
+"""Every way forksafe forks: os.fork, multiprocessing's fork start method, a C-level fork()
+(uWSGI's kind), a raw clone system call, a fork from a non-main thread, and nested forks."""
 
-METHODS = ("os_fork", "mp_fork", "c_fork", "raw_syscall", "thread_fork", "nested")
+FRESH_PATHS = ("forkserver", "spawn")
+"""Start methods that begin from a fresh interpreter: for comparison, nothing is inherited."""
 
+PATHS = FORK_PATHS + FRESH_PATHS
+
+KINDS = ("ok", "wrong", "hung", "crashed", "hangs_at_exit")
+
+DUMP_SIGNAL = signal.SIGUSR2
+"""Sent to a child at its deadline; its faulthandler dumps every Python thread's stack."""
+
+DUMP_WINDOW = 1.0
+"""Seconds the parent waits for the stacks of children past their deadline."""
+
+_MARK = b"\x1e"  # starts an event: the ASCII record separator never appears in normal output
+_OUTPUT_LINES = 200  # lines of a child's own output kept for the report
+_MP_PATHS = ("mp_fork", "forkserver", "spawn")
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
 
-# The child's per-process client: proves fork_local rebuilds (its value carries the builder's PID).
-_CLIENT = forksafe.fork_local(lambda: ("client", os.getpid()))
+# Read ends the parent holds: a forked child closes the ones that are not its own.
+_parent_fds: set[int] = set()
 
 
-def warm_up() -> None:
-    """Uses every layer in this process, so that children inherit live state to recover from."""
-    check_layers(0)
+class Work:
+    """What every child runs once. Subclasses must be picklable (spawn and forkserver)."""
+
+    exit_check = False
+    """Leave through the interpreter's normal exit (and judge it) rather than ``os._exit``."""
+
+    def prepare_fresh(self) -> None:
+        """In a fresh interpreter (spawn, forkserver): build what a forked child inherits."""
+
+    def run(self, value: int) -> dict[str, Any]:
+        """In a child: the work. Returns a JSON-able payload with ``ok`` (bool), and ``detail``
+        when not ok; ``first_ns`` (``time.monotonic_ns()``) if the first result came earlier
+        than the return. An exception counts as ``wrong`` with its traceback."""
+        raise NotImplementedError
+
+    def exit_info(self, multiprocessing_exit: bool) -> dict[str, Any]:
+        """In a child about to exit: what its exit will run (JSON-able), for a hang report."""
+        return {}
 
 
-def check_layers(value: int) -> dict[str, object]:
-    """Runs async work through both layers; returns what was seen and when the first result came."""
-
-    async def first() -> int:
-        return await testing.echo(value)
-
-    async def more() -> tuple[int, int]:
-        return await testing.sleep(0.001, value), await testing.pid()
-
-    echoed = forksafe.run(first())
-    first_ns = time.monotonic_ns()
-    slept, worker_pid = forksafe.run(more())
-    pid = os.getpid()
-    seen = {
-        "echo": echoed,
-        "sleep": slept,
-        "worker_pid": worker_pid,
-        "echo_sync": testing.echo_sync(value),
-        "client_pid": _CLIENT.get()[1],
-        "pid": pid,
-        "first_ns": first_ns,
-    }
-    expected = {"echo": value, "sleep": value, "echo_sync": value, "worker_pid": pid}
-    expected["client_pid"] = pid
-    seen["ok"] = all(seen[k] == v for k, v in expected.items())
-    return seen
+# --------------------------------------------------------------------------------------------
+# The child side
+# --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    """What one forked child did."""
-
-    method: str
-    value: int
-    status: str  # "ok", "hung", "wrong", "crashed"
-    forks: int = 1  # a nested chain is several forks
-    latency_ms: float | None = None
-    detail: str = ""
-    reports: list[dict[str, object]] = field(default_factory=list)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-def _write(fd: int, report: dict[str, object]) -> None:
-    os.write(fd, (json.dumps(report) + "\n").encode())
+def _event(fd: int, kind: str, **fields: Any) -> None:
+    fields.update(ev=kind, pid=os.getpid(), ns=time.monotonic_ns())
+    _write_all(fd, _MARK + json.dumps(fields, default=repr).encode() + b"\n")
 
 
-def _child(fd: int, value: int, depth: int = 1) -> None:
-    """The body of every child; never returns."""
-    code = 0
+def _enter_child(fd: int, generation: int) -> None:
+    """Sets up a child: own process group (leader), stdio into the pipe, stack dumps."""
+    if generation == 1:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass  # the parent may have done it already
+    for other in _parent_fds:
+        if other != fd:
+            try:
+                os.close(other)
+            except OSError:
+                pass
+    _parent_fds.clear()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    faulthandler.enable(file=fd, all_threads=True)
+    faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=True, chain=False)
+    _event(fd, "started", gen=generation)
+
+
+def _attempt(work: Work, value: int) -> dict[str, Any]:
     try:
-        _write(fd, {"progress": "started", "pid": os.getpid()})
-        report = check_layers(value)
-        report["depth"] = depth
-        _write(fd, report)
+        payload = work.run(value)
+    except BaseException:  # SystemExit and KeyboardInterrupt from the work are results too
+        return {"ok": False, "detail": traceback.format_exc(), "raised": True}
+    return payload
+
+
+def _child(fd: int, work: Work, value: int, depth: int, generation: int, fresh: bool) -> int:
+    """The body of every child; returns the exit code it should leave with."""
+    try:
+        _enter_child(fd, generation)
+        if fresh:
+            work.prepare_fresh()
+        _event(fd, "result", **_attempt(work, value))
         if depth > 1:
+            started = time.monotonic_ns()
             pid = os.fork()
             if pid == 0:
-                _child(fd, value, depth - 1)
-            code = _reap(pid, deadline=time.monotonic() + 10.0)
-    except BaseException as exc:  # report everything, including SystemExit
+                _leave(fd, work, _child(fd, work, value, depth - 1, generation + 1, False))
+            _event(fd, "forked", child=pid, started_ns=started)
+            _, status = os.waitpid(pid, 0)
+            _event(fd, "reaped", child=pid, code=os.waitstatus_to_exitcode(status))
+        return 0
+    except BaseException:
         try:
-            _write(fd, {"error": f"{type(exc).__name__}: {exc}"})
-        finally:
-            code = 1
+            _event(fd, "error", detail=traceback.format_exc())
+        except BaseException:
+            pass
+        return 70
+
+
+def _exit_tracker(fd: int, anchor: Any) -> Callable[..., None]:
+    """A profile function that reports every call made straight from ``anchor``'s frame, i.e.
+    each step of the exit: ``threading._shutdown``, each atexit handler, finalisers.
+
+    It runs while the interpreter is being torn down, so it binds everything it needs."""
+    prefix = _MARK + b'{"ev": "exit_step", "pid": %d, "step": "' % os.getpid()
+    write = os.write
+
+    def track(frame: Any, event: str, _arg: object) -> None:
+        if event != "call" or frame.f_back is not anchor:
+            return
+        try:
+            code = frame.f_code
+            name = getattr(code, "co_qualname", code.co_name)
+            module = frame.f_globals.get("__name__") or "?"
+            step = f"{module}.{name}".replace("\\", "/").replace('"', "'")
+            write(fd, prefix + step.encode(errors="replace") + b'"}\n')
+        except BaseException:
+            pass
+
+    return track
+
+
+def _leave(fd: int, work: Work, code: int) -> NoReturn:
+    """Ends a child forked by os.fork, a C-level fork or a raw clone.
+
+    With the exit check, the child exits the way ``sys.exit()`` ends a program: ``Py_Exit``
+    runs threading's shutdown, the atexit handlers, finalisation and C ``exit()``. Raising
+    SystemExit instead would unwind through the parent's frames that the child inherited (the
+    CLI, this engine), running their ``finally`` blocks in the child."""
+    if code == 0 and work.exit_check:
+        try:
+            _event(fd, "exiting", **work.exit_info(False))
+            py_exit = ctypes.pythonapi.Py_Exit
+            py_exit.argtypes = [ctypes.c_int]
+            py_exit.restype = None
+            sys.setprofile(_exit_tracker(fd, sys._getframe()))
+            py_exit(0)
+        except BaseException:
+            code = 70
     os._exit(code)
 
 
-def _reap(pid: int, deadline: float) -> int:
-    """Waits for ``pid`` until ``deadline``; kills it on expiry. Returns 0 if it exited cleanly."""
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return 0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else 1
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return 1
-        time.sleep(0.001)
+def _mp_child(
+    conn: multiprocessing.connection.Connection, work: Work, value: int, fresh: bool
+) -> None:
+    """The target of a multiprocessing child (fork, forkserver, spawn)."""
+    fd = conn.fileno()
+    code = _child(fd, work, value, 1, 1, fresh)
+    if code != 0 or not work.exit_check:
+        os._exit(code)
+    # multiprocessing's own normal exit: SystemExit reaches Process._bootstrap, which runs
+    # util._exit_function() and threading._shutdown(), then os._exit (atexit does not run).
+    _event(fd, "exiting", **work.exit_info(True))
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "_bootstrap":
+        frame = frame.f_back
+    if frame is not None:
+        sys.setprofile(_exit_tracker(fd, frame))
+    sys.exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Fork paths
+# --------------------------------------------------------------------------------------------
 
 
 def _c_fork() -> int:
     # PyDLL keeps the GIL held across the call, so no other Python thread owns it at the instant
-    # of fork (with CDLL the child could never take the GIL back).
+    # of fork (with CDLL the child could never take it back).
     return int(ctypes.PyDLL(None).fork())
 
 
@@ -137,180 +246,552 @@ def _raw_fork() -> int:
     return int(pid)
 
 
-class _Child:
-    """A forked child: its PID and how to reap it."""
+def _exit_code(result: Any) -> int:
+    """An ``os.waitid`` result as an exit code (negative: the signal that killed it)."""
+    if result.si_code == os.CLD_EXITED:
+        return int(result.si_status)
+    return -int(result.si_status)
 
-    def __init__(self, pid: int, process: multiprocessing.process.BaseProcess | None = None):
+
+def _kill(pid: int, group: bool) -> None:
+    targets: list[Callable[[int, int], None]] = [os.kill]
+    if group:
+        targets.append(os.killpg)
+    for kill in targets:
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class _PidChild:
+    """A child forked by os.fork, a C-level fork or a raw clone."""
+
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self._process = process
+        self.code: int | None = None
 
-    def reap(self, deadline: float) -> int:
-        """Waits until ``deadline``, killing the child on expiry; 0 if it exited cleanly."""
-        if self._process is None:
-            return _reap(self.pid, deadline)
-        # multiprocessing keeps its own books: reap through it, or it waits on the PID later.
-        self._process.join(max(0.0, deadline - time.monotonic()))
-        if self._process.exitcode is None:
-            self._process.kill()
-            self._process.join()
-            return 1
-        return 0 if self._process.exitcode == 0 else 1
+    def exited(self) -> int | None:
+        """Its exit code once it has ended; the zombie is kept (its process group too)."""
+        if self.code is None:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            result = os.waitid(os.P_PID, self.pid, flags)
+            if result is not None:
+                self.code = _exit_code(result)
+        return self.code
+
+    def kill(self) -> None:
+        _kill(self.pid, group=True)
+
+    def release(self) -> None:
+        _, status = os.waitpid(self.pid, 0)
+        if self.code is None:
+            self.code = os.waitstatus_to_exitcode(status)
 
 
-def _spawn(method: str, fd: int, value: int, depth: int) -> _Child:
-    """Forks one child by ``method``; the child runs ``_child`` and never returns here."""
-    if method == "mp_fork":
-        ctx = multiprocessing.get_context("fork")
-        proc = ctx.Process(target=_child, args=(fd, value), daemon=True)
-        proc.start()
-        assert proc.pid is not None
-        return _Child(proc.pid, proc)
+class _MpChild:
+    """A multiprocessing child: multiprocessing keeps its own books, so it reaps it."""
+
+    def __init__(self, process: Any, conn: multiprocessing.connection.Connection, direct: bool):
+        self.pid: int = process.pid
+        self.process = process
+        self.conn = conn
+        self.direct = direct  # a forkserver worker is the server's child, not ours
+        self.zombie = False  # ended, and not reaped yet: its process group ID is still reserved
+        self.code: int | None = None
+
+    def exited(self) -> int | None:
+        if self.code is None and self.direct:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            try:
+                result = os.waitid(os.P_PID, self.pid, flags)
+            except ChildProcessError:  # multiprocessing reaps finished children on start()
+                result = None
+            if result is not None:
+                self.code, self.zombie = _exit_code(result), True
+        if self.code is None:
+            self.code = self.process.exitcode
+        return self.code
+
+    def kill(self) -> None:
+        # Once a child is reaped its PID and group ID could be reused: only signal its group
+        # while it is alive or a zombie.
+        _kill(self.pid, group=self.code is None or self.zombie)
+
+    def release(self) -> None:
+        self.process.join()
+        if self.code is None:
+            self.code = self.process.exitcode
+        self.process.close()
+
+
+_Handle = Union[_PidChild, _MpChild]
+
+
+def _start(method: str, work: Work, value: int, depth: int) -> tuple[_Handle, int]:
+    """Starts one launch; returns its handle and the read end of its pipe."""
+    sys.stdout.flush()  # a child must not flush the parent's buffered output a second time
+    sys.stderr.flush()
+    if method in _MP_PATHS:
+        ctx = multiprocessing.get_context("fork" if method == "mp_fork" else method)
+        reader, writer = ctx.Pipe(duplex=False)
+        process = ctx.Process(
+            target=_mp_child,
+            args=(writer, work, value, method != "mp_fork"),
+            name=f"forksafe-{method}",
+        )
+        try:
+            process.start()
+        except BaseException:
+            reader.close()
+            raise
+        finally:
+            writer.close()
+        mp_child = _MpChild(process, reader, direct=method != "forkserver")
+        _claim_group(mp_child.pid)
+        return mp_child, reader.fileno()
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = _fork(method, read_fd, write_fd, work, value, depth)
+    finally:
+        os.close(write_fd)
+    _claim_group(pid)
+    return _PidChild(pid), read_fd
+
+
+def _fork(method: str, read_fd: int, write_fd: int, work: Work, value: int, depth: int) -> int:
+    def child() -> NoReturn:
+        os.close(read_fd)
+        _leave(write_fd, work, _child(write_fd, work, value, depth, 1, False))
+
     if method == "thread_fork":
         box: list[int] = []
+        errors: list[BaseException] = []
 
         def fork_here() -> None:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except BaseException as exc:
+                errors.append(exc)
+                return
             if pid == 0:
-                _child(fd, value)
+                child()
             box.append(pid)
 
         thread = threading.Thread(target=fork_here, name="forksafe-forker")
         thread.start()
         thread.join()
-        return _Child(box[0])
+        if errors:
+            raise errors[0]
+        return box[0]
     fork: Callable[[], int] = {"c_fork": _c_fork, "raw_syscall": _raw_fork}.get(method, os.fork)
     pid = fork()
     if pid == 0:
-        _child(fd, value, depth if method == "nested" else 1)
-    return _Child(pid)
+        child()
+    return pid
+
+
+def _claim_group(pid: int) -> None:
+    """Makes the child its own process group's leader from the parent side as well (no race)."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # already done by the child, or a spawned child that has exec'd
+
+
+# --------------------------------------------------------------------------------------------
+# The parent side
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Running:
+class ProcessReport:
+    """One process of a launch, as the parent saw it."""
+
+    pid: int
+    generation: int
+    start_ns: int
+    status: str = "running"  # finally one of KINDS
+    detail: str = ""
+    latency_ms: float | None = None
+    payload: dict[str, Any] | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    exit_info: dict[str, Any] | None = None
+    exit_steps: list[str] = field(default_factory=list)
+    threads: list[str] = field(default_factory=list)
+    stack: str = ""
+    phase: str = "run"  # run, after-result, waiting (for its child), exiting, gone
+    since: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        keep = ("pid", "generation", "status", "detail", "latency_ms", "exit_code")
+        report: dict[str, Any] = {k: getattr(self, k) for k in keep}
+        if self.payload is not None:
+            report["result"] = {k: v for k, v in self.payload.items() if k not in ("ev", "ns")}
+        for name in ("exit_info", "exit_steps", "threads", "stack"):
+            if getattr(self, name):
+                report[name] = getattr(self, name)
+        return report
+
+
+@dataclass
+class Outcome:
+    """What one launch did: each of its processes (a nested chain has several)."""
+
     method: str
     value: int
-    child: _Child
-    fd: int
-    started_ns: int
-    deadline: float
-    expected_reports: int
-    buffer: bytes = b""
+    forks: int  # processes the launch should have made
+    processes: list[ProcessReport]
+    output: list[str] = field(default_factory=list)  # what the children printed (last lines)
+
+    @property
+    def culprit(self) -> ProcessReport | None:
+        """The first process that was not ok."""
+        return next((p for p in self.processes if p.status != "ok"), None)
+
+    @property
+    def status(self) -> str:
+        culprit = self.culprit
+        if culprit is not None:
+            return culprit.status
+        return "ok" if len(self.processes) >= self.forks else "crashed"
+
+    @property
+    def detail(self) -> str:
+        culprit = self.culprit
+        if culprit is not None:
+            return culprit.detail
+        if len(self.processes) < self.forks:
+            return f"{len(self.processes)} of {self.forks} processes of the chain reported"
+        return ""
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Time from just before the fork to the first process's first result."""
+        return self.processes[0].latency_ms if self.processes else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        return {
+            "method": self.method,
+            "status": self.status,
+            "processes": [p.as_dict() for p in self.processes],
+            "output": self.output,
+        }
+
+
+class _Launch:
+    """A launch in flight."""
+
+    def __init__(self, method: str, value: int, forks: int, handle: _Handle, fd: int, ns: int):
+        self.method = method
+        self.value = value
+        self.forks = forks
+        self.handle = handle
+        self.fd = fd
+        self.procs: dict[int, ProcessReport] = {handle.pid: ProcessReport(handle.pid, 1, ns)}
+        self.partial = b""
+        self.output: deque[str] = deque(maxlen=_OUTPUT_LINES)
+        self.dump: list[str] | None = None  # collecting a stack dump
+        self.eof = False
+        self.last_data = 0.0
+        self.outcome: Outcome | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read(self) -> bool:
+        """Reads what the pipe has; False when nothing was there."""
+        got = False
+        while not self.eof:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+                break
+            got = True
+            self.last_data = time.monotonic()
+            self._feed(chunk)
+        return got
+
+    def _feed(self, chunk: bytes) -> None:
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > 1 << 20:  # a child writing without newlines: keep it bounded
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            text, mark, event = line.partition(_MARK)
+            if text.strip():
+                target = self.output if self.dump is None else self.dump
+                target.append(text.decode(errors="replace").rstrip())
+            if mark:
+                try:
+                    message = json.loads(event)
+                except ValueError:
+                    self.output.append(f"(cut event) {event.decode(errors='replace')}")
+                    continue
+                if isinstance(message, dict):
+                    self._on_event(message)
+
+    def _proc(self, pid: int, generation: int, start_ns: int) -> ProcessReport:
+        proc = self.procs.get(pid)
+        if proc is None:
+            proc = self.procs[pid] = ProcessReport(pid, generation, start_ns)
+        return proc
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind, now = ev.get("ev"), time.monotonic()
+        pid = ev.get("pid")
+        if not isinstance(pid, int):
+            return
+        if kind == "started":
+            self._proc(pid, int(ev.get("gen", 1)), int(ev["ns"]))
+            return
+        if kind == "forked" and pid in self.procs:
+            child = self._proc(int(ev["child"]), self.procs[pid].generation + 1, 0)
+            child.start_ns = int(ev["started_ns"])
+            child.since = now
+            self._set(pid, "waiting", now)
+            return
+        proc = self.procs.get(pid)
+        if proc is None:
+            return
+        if kind == "result":
+            proc.payload = ev
+            first_ns = ev.get("first_ns", ev["ns"])
+            proc.latency_ms = (int(first_ns) - proc.start_ns) / 1e6
+            self._set(pid, "after-result", now)
+        elif kind == "reaped":
+            child = self.procs.get(int(ev["child"]))
+            if child is not None:
+                child.exit_code = int(ev["code"])
+                child.phase = "gone"
+            self._set(pid, "after-result", now)
+        elif kind == "exiting":
+            proc.exit_info = {k: v for k, v in ev.items() if k not in ("ev", "pid", "ns")}
+            self._set(pid, "exiting", now)
+        elif kind == "exit_step":
+            proc.exit_steps.append(str(ev.get("step")))
+        elif kind == "error":
+            proc.error = str(ev.get("detail"))
+
+    def _set(self, pid: int, phase: str, now: float) -> None:
+        proc = self.procs[pid]
+        if proc.phase != "gone":
+            proc.phase, proc.since = phase, now
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def overdue(self, now: float, deadline: float) -> ProcessReport | None:
+        """The first process past its deadline, if any."""
+        for proc in self.procs.values():
+            if proc.phase in ("gone", "waiting"):
+                continue
+            if now - proc.since > deadline:
+                return proc
+        return None
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def finish(self, killed: bool) -> Outcome:
+        """Kills what is left of the launch, reaps it, closes the pipe; returns the verdicts."""
+        if self.outcome is not None:
+            return self.outcome
+        self.read()
+        self.handle.kill()  # the group: whatever the children left running
+        for proc in self.procs.values():
+            if proc.phase != "gone" and proc.pid != self.handle.pid:
+                _kill(proc.pid, group=False)
+        self.handle.release()
+        self.procs[self.handle.pid].exit_code = self.handle.code
+        self.procs[self.handle.pid].phase = "gone"
+        self.read()
+        self._close()
+        for proc in self.procs.values():
+            if proc.status == "running":
+                _judge(proc, killed)
+        processes = sorted(self.procs.values(), key=lambda p: p.generation)
+        for proc in processes:  # output the children printed goes with the first failure
+            if proc.status == "crashed" and not proc.stack and self.output:
+                proc.stack = "\n".join(list(self.output)[-30:])
+                break
+        self.outcome = Outcome(self.method, self.value, self.forks, processes, list(self.output))
+        return self.outcome
+
+    def _close(self) -> None:
+        if isinstance(self.handle, _MpChild):
+            self.handle.conn.close()  # owns self.fd
+        else:
+            os.close(self.fd)
+        _parent_fds.discard(self.fd)
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _judge(proc: ProcessReport, killed: bool) -> None:
+    """The verdict of a process that was not caught by a deadline."""
+    code, payload = proc.exit_code, proc.payload
+    if proc.error is not None:
+        proc.status, proc.detail = "crashed", f"forksafe's child code failed:\n{proc.error}"
+    elif payload is None:
+        proc.status = "crashed"
+        if code is None or killed:
+            proc.detail = "ended without a result"
+        elif code < 0:
+            proc.detail = f"killed by {_signal_name(code)} before its result"
+        else:
+            proc.detail = f"exited with code {code} before its result"
+    elif not payload.get("ok"):
+        proc.status, proc.detail = "wrong", str(payload.get("detail", "not ok"))
+    elif killed or proc.phase == "waiting":
+        proc.status = "ok"  # its own work was right; it was stopped for another's failure
+    elif code is None:
+        proc.status, proc.detail = "crashed", "vanished after its result"
+    elif code < 0:
+        proc.status = "crashed"
+        proc.detail = f"killed by {_signal_name(code)} after its result (while exiting)"
+    elif code != 0:
+        proc.status, proc.detail = "crashed", f"exited with code {code} after its result"
+    else:
+        proc.status = "ok"
+
+
+def _thread_names(pid: int) -> list[str]:
+    """The native names of a process's threads, main thread first."""
+    names = []
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, ValueError):
+        return names
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                names.append(comm.read().strip())
+        except OSError:
+            pass
+    return names
+
+
+def _expire(
+    overdue: list[tuple[_Launch, ProcessReport]], deadline: float, running: list[_Launch]
+) -> list[Outcome]:
+    """Judges processes past their deadline: thread names, Python stacks, then kill."""
+    for launch, proc in overdue:
+        proc.threads = _thread_names(proc.pid)
+        launch.dump = []
+        launch.last_data = 0.0
+        try:
+            os.kill(proc.pid, DUMP_SIGNAL)
+        except ProcessLookupError:
+            pass
+    started = time.monotonic()
+    while True:
+        now = time.monotonic()
+        waiting = [
+            launch
+            for launch, _ in overdue
+            if not launch.eof and (launch.last_data == 0.0 or now - launch.last_data < 0.2)
+        ]
+        if not waiting or now - started > DUMP_WINDOW:
+            break
+        ready, _, _ = select.select([launch.fd for launch in waiting], [], [], 0.05)
+        for launch in waiting:
+            if launch.fd in ready:
+                launch.read()
+    outcomes = []
+    for launch, proc in overdue:
+        stack = "\n".join(launch.dump or [])
+        launch.dump = None
+        if proc.phase == "exiting":
+            proc.status = "hangs_at_exit"
+            proc.detail = f"did not exit within {deadline:g} s after its result"
+            if proc.exit_steps:
+                proc.detail += f"; exit step still running: {proc.exit_steps[-1]}"
+        else:
+            proc.status = "hung"
+            proc.detail = (
+                f"no result within {deadline:g} s"
+                if proc.payload is None
+                else f"stuck for {deadline:g} s after its result, before exiting"
+            )
+        proc.stack = stack or (
+            "(no Python stack: the process did not answer; it may have hung before forksafe's "
+            "child code could install its stack dumper)"
+        )
+        outcomes.append(launch.finish(killed=True))
+        running.remove(launch)
+    return outcomes
 
 
 def run_forks(
-    method: str,
-    count: int,
+    work: Work,
+    jobs: Sequence[str],
     *,
     concurrency: int = 4,
     depth: int = 4,
     deadline: float = 10.0,
-    first_value: int = 1,
+    on_tick: Callable[[], None] | None = None,
 ) -> Iterator[Outcome]:
-    """Forks ``count`` children by ``method`` (``count`` chains of ``depth`` for "nested"),
-    at most ``concurrency`` at once, and yields each child's outcome as it ends."""
-    if method not in METHODS:
-        raise ValueError(f"unknown fork method {method!r}; choose from {', '.join(METHODS)}")
-    running: dict[int, _Running] = {}
-    next_value = first_value
-    launched = 0
-    reports_per_child = depth if method == "nested" else 1
-    while launched < count or running:
-        while launched < count and len(running) < max(1, concurrency):
-            read_fd, write_fd = os.pipe()
-            started = time.monotonic_ns()
-            spawned = _spawn(method, write_fd, next_value, depth)
-            os.close(write_fd)
-            running[read_fd] = _Running(
-                method, next_value, spawned, read_fd, started,
-                time.monotonic() + deadline * reports_per_child, reports_per_child,
-            )  # fmt: skip
-            next_value += 1
-            launched += 1
-        ready, _, _ = select.select(list(running), [], [], 0.05)
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            child = running[fd]
-            if chunk:
-                child.buffer += chunk
-                continue
-            del running[fd]  # EOF: every holder of the pipe (the whole chain) has exited
-            os.close(fd)
-            yield _judge(child, child.child.reap(time.monotonic() + deadline))
-        now = time.monotonic()
-        for fd, child in list(running.items()):
-            if now > child.deadline:
-                del running[fd]
-                _kill_descendants(child.buffer)
-                child.child.reap(0.0)  # already past the deadline: kills and reaps
-                os.close(fd)
-                yield Outcome(
-                    child.method, child.value, "hung", forks=child.expected_reports,
-                    detail="last words: " + _last_words(child.buffer),
-                    reports=_reports(child.buffer),
-                )  # fmt: skip
-
-
-def _kill_descendants(buffer: bytes) -> None:
-    """Kills every process of a hung chain that announced itself (nested forks)."""
-    for line in buffer.decode(errors="replace").splitlines():
-        try:
-            pid = json.loads(line).get("pid")
-        except ValueError:
-            continue
-        if isinstance(pid, int) and pid > 1:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _last_words(buffer: bytes) -> str:
-    text = buffer.decode(errors="replace").strip()
-    return text.splitlines()[-1] if text else "(nothing)"
-
-
-def _reports(buffer: bytes) -> list[dict[str, object]]:
-    """The complete result reports in a child's output (progress lines left out)."""
-    reports = []
-    for line in buffer.decode(errors="replace").splitlines():
-        try:
-            report = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(report, dict) and "ok" in report:
-            reports.append(report)
-    return reports
-
-
-def _judge(child: _Running, exit_code: int) -> Outcome:
-    n = child.expected_reports
-    reports = []
-    for line in child.buffer.decode(errors="replace").splitlines():
-        try:
-            reports.append(json.loads(line))
-        except ValueError:
-            return Outcome(
-                child.method, child.value, "crashed", forks=n, detail=f"garbled report {line!r}"
-            )
-    results = [r for r in reports if "ok" in r]
-    errors = [r["error"] for r in reports if "error" in r]
-    if errors:
-        return Outcome(
-            child.method, child.value, "wrong", forks=n, detail=str(errors[0]), reports=results
-        )
-    if len(results) < child.expected_reports or exit_code != 0:
-        return Outcome(
-            child.method, child.value, "crashed", forks=n,
-            detail=f"exit code {exit_code}; {len(results)}/{child.expected_reports} reports; "
-            f"last words: {_last_words(child.buffer)}",
-            reports=results,
-        )  # fmt: skip
-    pids = {r["pid"] for r in results}
-    if not all(r["ok"] for r in results) or len(pids) != len(results):
-        bad = next((r for r in results if not r["ok"]), results[0])
-        return Outcome(
-            child.method, child.value, "wrong", forks=n, detail=json.dumps(bad), reports=results
-        )
-    first_ns = int(results[0]["first_ns"])  # type: ignore[call-overload]
-    latency = (first_ns - child.started_ns) / 1e6
-    return Outcome(child.method, child.value, "ok", n, latency_ms=latency, reports=results)
+    """Starts one launch per entry of ``jobs`` (a path of :data:`PATHS`; ``nested`` is a chain
+    of ``depth`` generations), at most ``concurrency`` at once, in order, and yields each
+    launch's outcome as it ends. Each process gets ``deadline`` seconds for its result, and again
+    for its exit. If the caller stops early, every child is killed and reaped."""
+    unknown = sorted({m for m in jobs if m not in PATHS})
+    if unknown:
+        raise ValueError(f"unknown fork path(s) {unknown}; choose from {', '.join(PATHS)}")
+    running: list[_Launch] = []
+    pending = deque(jobs)
+    value = 0
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, concurrency):
+                method = pending.popleft()
+                value += 1
+                forks = depth if method == "nested" else 1
+                started = time.monotonic_ns()
+                try:
+                    handle, fd = _start(method, work, value, forks)
+                except Exception as exc:
+                    report = ProcessReport(0, 1, started, status="crashed")
+                    report.detail = f"could not start the child: {type(exc).__name__}: {exc}"
+                    yield Outcome(method, value, forks, [report])
+                    continue
+                os.set_blocking(fd, False)
+                _parent_fds.add(fd)
+                running.append(_Launch(method, value, forks, handle, fd, started))
+            # A child that closed its pipe is exiting: poll for it briefly rather than select.
+            listening = [launch.fd for launch in running if not launch.eof]
+            timeout = 0.002 if len(listening) < len(running) else 0.05
+            ready = select.select(listening, [], [], timeout)[0] if listening else []
+            if not listening:
+                time.sleep(timeout)
+            for launch in running:
+                if launch.fd in ready:
+                    launch.read()
+            now = time.monotonic()
+            overdue = []
+            for launch in list(running):
+                if launch.handle.exited() is not None:
+                    outcome = launch.finish(killed=False)
+                    running.remove(launch)
+                    yield outcome
+                    continue
+                proc = launch.overdue(now, deadline)
+                if proc is not None:
+                    overdue.append((launch, proc))
+            if overdue:
+                yield from _expire(overdue, deadline, running)
+            if on_tick is not None:
+                on_tick()
+    finally:
+        for launch in running:
+            launch.finish(killed=True)

@@ -1,66 +1,82 @@
-"""``python -m forksafe stress``: fork children by every path and check both layers in each."""
+"""``python -m forksafe stress``: the fork engine applied to forksafe's own probes.
+
+Every child runs async work through both layers (the tokio runtime and the background loop) and
+checks the values against its own PID. The fork paths, deadlines, hang reports and the table
+are the engine's (``_forks``, ``_table``), shared with ``python -m forksafe check``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from ._forks import METHODS, Outcome, run_forks, warm_up
+import forksafe
+from forksafe import testing
+
+from ._forks import FORK_PATHS, PATHS, Outcome, Work, run_forks
+from ._table import Column, Progress, render, summarise
+
+# The child's per-process client: proves fork_local rebuilds (its value carries the builder's PID).
+_CLIENT = forksafe.fork_local(lambda: ("client", os.getpid()))
+
+COLUMNS = (
+    Column("method", "method", 12),
+    Column("forks", "forks", 6),
+    Column("ok", "ok", 6),
+    Column("hung", "hung", 5),
+    Column("wrong", "wrong", 6),
+    Column("crashed", "crashed", 8),
+    Column("p50 ms", "p50_ms", 8),
+    Column("p99 ms", "p99_ms", 8),
+)
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+def warm_up() -> None:
+    """Uses every layer in this process, so that children inherit live state to recover from."""
+    check_layers(0)
 
 
-def summarise(method: str, outcomes: list[Outcome]) -> dict[str, object]:
-    """One table row, counted in forks (a nested chain of depth d is d forks): how many ended
-    ok, hung, wrong or crashed, and fork->first-result percentiles (ms)."""
-    latencies = [o.latency_ms for o in outcomes if o.latency_ms is not None]
-    counts = {"ok": 0, "hung": 0, "wrong": 0, "crashed": 0}
-    for o in outcomes:
-        good = sum(1 for r in o.reports if r.get("ok")) if o.status != "ok" else o.forks
-        counts["ok"] += good
-        if o.status != "ok":
-            counts[o.status] += o.forks - good
-    failures = [f"{o.status}: {o.detail}" for o in outcomes if o.status != "ok"]
-    return {
-        "method": method,
-        "forks": sum(o.forks for o in outcomes),
-        **counts,
-        "children": len(outcomes),
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
-        "failures": failures[:5],
+def check_layers(value: int) -> dict[str, Any]:
+    """Runs async work through both layers; returns what was seen and when the first result came."""
+
+    async def first() -> int:
+        return await testing.echo(value)
+
+    async def more() -> tuple[int, int]:
+        return await testing.sleep(0.001, value), await testing.pid()
+
+    echoed = forksafe.run(first())
+    first_ns = time.monotonic_ns()
+    slept, worker_pid = forksafe.run(more())
+    pid = os.getpid()
+    seen: dict[str, Any] = {
+        "echo": echoed,
+        "sleep": slept,
+        "worker_pid": worker_pid,
+        "echo_sync": testing.echo_sync(value),
+        "client_pid": _CLIENT.get()[1],
+        "pid": pid,
+        "first_ns": first_ns,
     }
+    expected = {"echo": value, "sleep": value, "echo_sync": value, "worker_pid": pid}
+    expected["client_pid"] = pid
+    seen["ok"] = all(seen[k] == v for k, v in expected.items())
+    return seen
 
 
-def _ms(value: object) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else "-"
+class ProbeWork(Work):
+    """forksafe's probes: both layers, checked against the child's own PID."""
 
-
-def render(rows: list[dict[str, object]]) -> str:
-    """The human-readable table."""
-    header = (
-        f"{'method':<12} {'forks':>6} {'ok':>6} {'hung':>5} {'wrong':>6} {'crashed':>8} "
-        f"{'p50 ms':>8} {'p99 ms':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['method']:<12} {r['forks']:>6} {r['ok']:>6} {r['hung']:>5} {r['wrong']:>6} "
-            f"{r['crashed']:>8} {_ms(r['p50_ms']):>8} {_ms(r['p99_ms']):>8}"
-        )
-    for r in rows:
-        for failure in r["failures"]:  # type: ignore[attr-defined]
-            lines.append(f"  {r['method']}: {failure}")
-    return "\n".join(lines)
+    def run(self, value: int) -> dict[str, Any]:
+        seen = check_layers(value)
+        if not seen["ok"]:
+            seen["detail"] = json.dumps(seen)
+        return seen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
+        default=",".join(FORK_PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (default: {','.join(FORK_PATHS)})",
     )
     parser.add_argument(
         "--deadline", type=float, default=10.0, help="seconds before a child counts as hung"
@@ -91,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in PATHS]
     if unknown or not methods:
-        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(PATHS)}")
     for name in ("count", "depth", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -102,34 +118,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warm_up()
     live = sys.stderr.isatty() and not args.json
-    rows = []
+    jobs = [method for method in methods for _ in range(args.count)]
+    progress = Progress(len(jobs), live)
+    by_method: dict[str, list[Outcome]] = {method: [] for method in methods}
     started = time.monotonic()
-    for method in methods:
-        outcomes: list[Outcome] = []
-        for outcome in run_forks(
-            method,
-            args.count,
-            concurrency=args.concurrency,
-            depth=args.depth,
-            deadline=args.deadline,
-        ):
-            outcomes.append(outcome)
-            if live:
-                bad = sum(o.status != "ok" for o in outcomes)
-                sys.stderr.write(f"\r{method:<12} {len(outcomes):>5}/{args.count}  failed {bad}   ")
-                sys.stderr.flush()
-        row = summarise(method, outcomes)
-        rows.append(row)
-        if live:
-            sys.stderr.write("\r" + " " * 40 + "\r")
-        else:
-            print(f"{method}: {row['ok']}/{row['forks']} forks ok", file=sys.stderr, flush=True)
+    for outcome in run_forks(
+        ProbeWork(),
+        jobs,
+        concurrency=args.concurrency,
+        depth=args.depth,
+        deadline=args.deadline,
+        on_tick=progress.tick,
+    ):
+        done = by_method[outcome.method]
+        done.append(outcome)
+        progress.add(outcome)
+        if not live and len(done) == args.count:
+            row = summarise(outcome.method, done)
+            print(f"{outcome.method}: {row['ok']}/{row['forks']} forks ok", file=sys.stderr)
+    progress.clear()
+    rows = [summarise(method, by_method[method]) for method in methods]
     elapsed = time.monotonic() - started
-    failed = any(r["hung"] or r["wrong"] or r["crashed"] for r in rows)
+    failed = any(r["hung"] or r["wrong"] or r["crashed"] or r["hangs_at_exit"] for r in rows)
     if args.json:
         print(json.dumps({"rows": rows, "seconds": round(elapsed, 2), "passed": not failed}))
     else:
-        print(render(rows))
+        print(render(rows, COLUMNS))
+        for row in rows:
+            for failure in row["failures"]:
+                print(f"  {row['method']}: {failure}")
         verdict = "FAILED" if failed else "all children correct"
-        print(f"\n{sum(r['forks'] for r in rows)} forks in {elapsed:.1f} s: {verdict}")  # type: ignore[misc]
+        print(f"\n{sum(r['forks'] for r in rows)} forks in {elapsed:.1f} s: {verdict}")
     return 1 if failed else 0
