@@ -35,11 +35,13 @@ def _leave(code: int) -> None:
     is being checked, and one that hangs must not hang the checker."""
     sys.stdout.flush()
     sys.stderr.flush()
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
-    stop = getattr(forkserver._forkserver, "_stop", None)  # type: ignore[attr-defined]
-    if callable(stop):
-        stop()
+    # Stop (and reap) the helpers the forkserver and spawn workers started.
+    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):  # type: ignore[attr-defined]
+        stop = getattr(helper, "_stop", None)
+        if callable(stop):
+            stop()
     os._exit(code)
 
 
