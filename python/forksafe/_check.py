@@ -430,15 +430,6 @@ def diagnose(rows: list[dict[str, Any]], outcomes: dict[str, list[Outcome]]) -> 
         stacks[key] = method
         lines.append("    Python stacks at the deadline:" if hang else "    last output:")
         lines.append(_indent(stack, "      "))
-        listed = len(re.findall(r"^(?:Current )?[Tt]hread 0x", stack, re.MULTILINE))
-        if hang and method in ("c_fork", "raw_syscall") and listed > len(culprit.threads):
-            lines += _wrap(
-                f"({listed} Python threads listed, {len(culprit.threads)} native: after a "
-                "C-level or raw fork Python still lists the parent's threads, which do not "
-                "exist in the child)",
-                "      ",
-                "       ",
-            )
     return "\n".join(lines)
 
 

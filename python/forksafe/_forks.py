@@ -54,6 +54,15 @@ KINDS = ("ok", "wrong", "hung", "crashed", "hangs_at_exit")
 DUMP_SIGNAL = signal.SIGUSR2
 """Sent to a child at its deadline; its faulthandler dumps every Python thread's stack."""
 
+STALE_PATHS = ("c_fork", "raw_syscall")
+"""Paths whose children never ran ``PyOS_AfterFork_Child``: Python still lists the parent's
+threads there, and dumping one whose stack glibc has handed to a new thread can crash. Their
+children are asked for the stuck thread alone first (:data:`DUMP_MAIN_SIGNAL`), then for all."""
+
+DUMP_MAIN_SIGNAL = signal.SIGUSR1
+"""Sent first to children of :data:`STALE_PATHS`: dumps the thread that takes it (the main
+thread, which runs the work and the exit)."""
+
 DUMP_WINDOW = 1.0
 """Seconds the parent waits for the stacks of children past their deadline."""
 
@@ -102,7 +111,7 @@ def _event(fd: int, kind: str, **fields: Any) -> None:
     _write_all(fd, _MARK + json.dumps(fields, default=repr).encode() + b"\n")
 
 
-def _enter_child(fd: int, generation: int) -> None:
+def _enter_child(fd: int, generation: int, stale: bool) -> None:
     """Sets up a child: own process group (leader), stdio into the pipe, stack dumps."""
     if generation == 1:
         try:
@@ -123,6 +132,8 @@ def _enter_child(fd: int, generation: int) -> None:
     os.dup2(fd, 2)
     faulthandler.enable(file=fd, all_threads=True)
     faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=True, chain=False)
+    if stale:
+        faulthandler.register(DUMP_MAIN_SIGNAL, file=fd, all_threads=False, chain=False)
     _event(fd, "started", gen=generation)
 
 
@@ -134,10 +145,12 @@ def _attempt(work: Work, value: int) -> dict[str, Any]:
     return payload
 
 
-def _child(fd: int, work: Work, value: int, depth: int, generation: int, fresh: bool) -> int:
+def _child(
+    fd: int, work: Work, value: int, depth: int, generation: int, fresh: bool, stale: bool = False
+) -> int:
     """The body of every child; returns the exit code it should leave with."""
     try:
-        _enter_child(fd, generation)
+        _enter_child(fd, generation, stale)
         if fresh:
             work.prepare_fresh()
         _event(fd, "result", **_attempt(work, value))
@@ -362,7 +375,8 @@ def _start(method: str, work: Work, value: int, depth: int) -> tuple[_Handle, in
 def _fork(method: str, read_fd: int, write_fd: int, work: Work, value: int, depth: int) -> int:
     def child() -> NoReturn:
         os.close(read_fd)
-        _leave(write_fd, work, _child(write_fd, work, value, depth, 1, False))
+        stale = method in STALE_PATHS
+        _leave(write_fd, work, _child(write_fd, work, value, depth, 1, False, stale))
 
     if method == "thread_fork":
         box: list[int] = []
@@ -681,24 +695,24 @@ def _thread_names(pid: int) -> list[str]:
     return names
 
 
-def _expire(
-    overdue: list[tuple[_Launch, ProcessReport]], deadline: float, running: list[_Launch]
-) -> list[Outcome]:
-    """Judges processes past their deadline: thread names, Python stacks, then kill."""
-    for launch, proc in overdue:
-        proc.threads = _thread_names(proc.pid)
-        launch.dump = []
-        launch.last_data = 0.0
-        try:
-            os.kill(proc.pid, DUMP_SIGNAL)
-        except ProcessLookupError:
-            pass
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _collect(launches: list[_Launch]) -> list[str]:
+    """Sends nothing; waits (at most DUMP_WINDOW) until each launch's dump has gone quiet, and
+    returns the dumps (one text per launch) and resets them."""
+    for launch in launches:
+        launch.dump, launch.last_data = [], 0.0
     started = time.monotonic()
     while True:
         now = time.monotonic()
         waiting = [
             launch
-            for launch, _ in overdue
+            for launch in launches
             if not launch.eof and (launch.last_data == 0.0 or now - launch.last_data < 0.2)
         ]
         if not waiting or now - started > DUMP_WINDOW:
@@ -707,10 +721,35 @@ def _expire(
         for launch in waiting:
             if launch.fd in ready:
                 launch.read()
-    outcomes = []
-    for launch, proc in overdue:
-        stack = "\n".join(launch.dump or [])
+    dumps = ["\n".join(launch.dump or []) for launch in launches]
+    for launch in launches:
         launch.dump = None
+    return dumps
+
+
+def _expire(
+    overdue: list[tuple[_Launch, ProcessReport]], deadline: float, running: list[_Launch]
+) -> list[Outcome]:
+    """Judges processes past their deadline: thread names, Python stacks, then kill."""
+    launches = [launch for launch, _ in overdue]
+    stale = [launch.method in STALE_PATHS and proc.generation == 1 for launch, proc in overdue]
+    for (launch, proc), ghosts in zip(overdue, stale):
+        proc.threads = _thread_names(proc.pid)
+        # Armed before the signal: whatever comes from now on is the dump.
+        launch.dump, launch.last_data = [], 0.0
+        _signal(proc.pid, DUMP_MAIN_SIGNAL if ghosts else DUMP_SIGNAL)
+    stacks = _collect(launches)
+    if any(stale):
+        again = [(launch, proc) for (launch, proc), ghosts in zip(overdue, stale) if ghosts]
+        for launch, proc in again:
+            launch.dump, launch.last_data = [], 0.0
+            _signal(proc.pid, DUMP_SIGNAL)
+        everything = iter(_collect([launch for launch, _ in again]))
+        for index, ghosts in enumerate(stale):
+            if ghosts:
+                stacks[index] = _with_ghosts(stacks[index], next(everything))
+    outcomes = []
+    for (launch, proc), stack in zip(overdue, stacks):
         if proc.phase == "exiting":
             proc.status = "hangs_at_exit"
             proc.detail = f"did not exit within {deadline:g} s after its result"
@@ -730,6 +769,22 @@ def _expire(
         outcomes.append(launch.finish(killed=True))
         running.remove(launch)
     return outcomes
+
+
+def _with_ghosts(main: str, everything: str) -> str:
+    """The stuck thread's stack, then every thread Python lists after a C-level or raw fork."""
+    parts = [main] if main else []
+    if everything:
+        parts.append(
+            "Every thread Python lists (after a C-level or raw fork this includes the parent's "
+            "threads, which do not exist here: compare the native threads):\n" + everything
+        )
+        if "Fatal Python error" in everything:
+            parts.append(
+                "(dumping the parent's stale threads crashed the child: their stacks were reused "
+                "by threads it started; the stuck thread is the one above)"
+            )
+    return "\n".join(parts)
 
 
 def run_forks(

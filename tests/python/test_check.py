@@ -217,6 +217,24 @@ def test_a_warmed_thread_pool_hangs_every_fork_path_with_its_stack() -> None:
         assert "threading.py" in stack and " in wait" in stack, (method, stack)
 
 
+def test_after_a_c_level_fork_the_stuck_thread_is_dumped_first() -> None:
+    # The child starts a thread (glibc gives it the stack of a parent thread that does not exist
+    # here) and then hangs. Python still lists the parent's thread, and dumping it reads that
+    # reused stack: here that crashes the dumper. The stuck thread's stack must come first.
+    setup = POOL_SETUP + "import threading, time\n"
+    code = "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n" + POOL_CODE
+    run = check("--count", "1", "--deadline", "1", "--methods", "c_fork,raw_syscall", "--json",
+                "--setup", setup, code)  # fmt: skip
+    assert run.code == 1, run
+    for method in ("c_fork", "raw_syscall"):
+        hung = _culprits(run.json(), method)[0]
+        assert hung["status"] == "hung", hung
+        stuck, listed, _ = hung["stack"].partition("Every thread Python lists")
+        assert 'File "<CODE>", line 2 in <module>' in stuck, hung["stack"]
+        assert " in result" in stuck, hung["stack"]
+        assert listed, hung["stack"]  # and then every thread (if the dumper survives them)
+
+
 def test_the_table_and_the_diagnosis_name_the_path_and_the_kind() -> None:
     methods = "os_fork,c_fork,spawn"
     run = check("--count", "1", "--deadline", "2", "--methods", methods, "--setup", POOL_SETUP,
