@@ -366,6 +366,7 @@ def _exit_lines(info: dict[str, Any]) -> list[str]:
 _ADDRESS = re.compile(r"0x[0-9a-f]+")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]*)", line \d+ in ')
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_OWN = {os.path.join(_PACKAGE, name) for name in ("_check.py", "_forks.py", "__main__.py")}
 
 
 def trim_stack(stack: str) -> str:
@@ -376,7 +377,7 @@ def trim_stack(stack: str) -> str:
         if frame is None:
             skipping = False  # a thread header or a blank line
             lines.append(line)
-        elif not skipping and os.path.dirname(os.path.abspath(frame["file"])) == _PACKAGE:
+        elif not skipping and os.path.abspath(frame["file"]) in _OWN:
             skipping = True
             lines.append(line[: frame.start("file") - 6] + "(forksafe check's own frames)")
         elif not skipping:

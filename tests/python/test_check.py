@@ -454,3 +454,24 @@ def test_stress_json_has_the_exit_column_too() -> None:
     assert run.code == 0, run
     rows = _rows(run.json())
     assert rows["spawn"]["ok"] == 2 and rows["os_fork"]["hangs_at_exit"] == 0, run
+
+
+def test_only_checks_own_frames_are_trimmed_from_stacks() -> None:
+    from forksafe import _check
+
+    package = os.path.dirname(_check.__file__)
+    stack = "\n".join([
+        "Thread 0x1 (most recent call first):",
+        f'  File "{package}/_loop.py", line 71 in serve',
+        "Current thread 0x2 (most recent call first):",
+        '  File "app.py", line 27 in flush',
+        f'  File "{package}/_forks.py", line 198 in _leave',
+        '  File "<frozen runpy>", line 88 in _run_code',
+    ])  # fmt: skip
+    assert _check.trim_stack(stack).splitlines() == [
+        "Thread 0x1 (most recent call first):",
+        f'  File "{package}/_loop.py", line 71 in serve',  # forksafe's loop: the user's concern
+        "Current thread 0x2 (most recent call first):",
+        '  File "app.py", line 27 in flush',
+        "  (forksafe check's own frames)",
+    ]
