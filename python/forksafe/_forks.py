@@ -153,6 +153,7 @@ def _child(
         _enter_child(fd, generation, stale)
         if fresh:
             work.prepare_fresh()
+            _event(fd, "prepared")
         _event(fd, "result", **_attempt(work, value))
         if depth > 1:
             started = time.monotonic_ns()
@@ -562,8 +563,9 @@ class _Launch:
         pid = ev.get("pid")
         if not isinstance(pid, int):
             return
-        if kind == "started":
-            self._proc(pid, int(ev.get("gen", 1)), int(ev["ns"]))
+        if kind in ("started", "prepared"):
+            # Each step gets the deadline: a fresh interpreter's start-up, its setup, the work.
+            self._proc(pid, int(ev.get("gen", 1)), int(ev["ns"])).since = now
             return
         if kind == "forked" and pid in self.procs:
             child = self._proc(int(ev["child"]), self.procs[pid].generation + 1, 0)

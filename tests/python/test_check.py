@@ -316,6 +316,21 @@ def test_a_crash_in_a_child_is_reported_with_the_signal() -> None:
         assert "Segmentation fault" in crashed["stack"], crashed  # faulthandler's report
 
 
+def test_a_fresh_interpreter_gets_the_deadline_for_each_step() -> None:
+    # In the spawned worker only (it inherits CHECK_PARENT): a setup of 1.5 s, then CODE of
+    # 1.5 s. Each step fits in the 2 s deadline; together they do not.
+    setup = (
+        "import os, time\n"
+        "worker = os.environ.setdefault('CHECK_PARENT', str(os.getpid())) != str(os.getpid())\n"
+        "if worker:\n"
+        "    time.sleep(1.5)\n"
+    )
+    code = "time.sleep(1.5 if worker else 0)\n1"
+    run = check("--methods", "spawn", "--deadline", "2", "--json", "--setup", setup, code)
+    assert run.code == 0, run
+    assert _rows(run.json())["spawn"]["ok"] == 1, run
+
+
 # --------------------------------------------------------------------------------------------
 # check itself never hangs and leaves nothing behind
 # --------------------------------------------------------------------------------------------
