@@ -36,10 +36,31 @@ use crate::process::Process;
 /// assert_eq!(CLIENT.get().built_by, std::process::id());
 /// assert_eq!(BUILT.load(Ordering::Relaxed), 1); // once per process
 /// ```
+///
+/// A `ForkLocal` can also live in a struct field and be built from that instance's
+/// configuration, with [`ForkLocal::with_init`]: see there.
 pub struct ForkLocal<T> {
-    init: fn() -> T,
+    init: Init<T>,
     slot: AtomicPtr<Slot<T>>,
     _owns: PhantomData<Box<Slot<T>>>,
+}
+
+/// How a process builds its value: a plain function (`const`, for statics) or a closure that
+/// captured an instance's configuration. The closure itself is plain data (copied into a child
+/// by fork like any other memory), so calling it in a child is as safe as calling the function.
+enum Init<T> {
+    Fn(fn() -> T),
+    Closure(Box<dyn Fn() -> T + Send + Sync>),
+}
+
+impl<T> Init<T> {
+    #[inline]
+    fn call(&self) -> T {
+        match self {
+            Init::Fn(f) => f(),
+            Init::Closure(f) => f(),
+        }
+    }
 }
 
 /// One process's value. `value` is a `OnceLock` created by the owning process, so only that
@@ -51,7 +72,7 @@ struct Slot<T> {
 
 // SAFETY: a ForkLocal hands out `&T` to any thread of the owning process (needs `T: Sync`) and
 // builds `T` on whichever thread asks first (needs `T: Send`); `owner` is only compared, never
-// dereferenced.
+// dereferenced; the init closure is `Send + Sync` by its bound.
 unsafe impl<T: Send + Sync> Sync for ForkLocal<T> {}
 // SAFETY: moving the ForkLocal moves ownership of the owned slot and its `T`.
 unsafe impl<T: Send> Send for ForkLocal<T> {}
@@ -65,7 +86,54 @@ impl<T> ForkLocal<T> {
     /// ```
     pub const fn new(init: fn() -> T) -> Self {
         ForkLocal {
-            init,
+            init: Init::Fn(init),
+            slot: AtomicPtr::new(ptr::null_mut()),
+            _owns: PhantomData,
+        }
+    }
+
+    /// A value built by the closure `init` on first use in each process: the form for a struct
+    /// field, built from that instance's configuration.
+    ///
+    /// `init` runs once in every process that uses the value, the parent and each child, with
+    /// the configuration it captured (a child runs the copy fork gave it). The value an instance
+    /// built in its parent is never used nor dropped in a child. `init` itself is dropped with
+    /// the `ForkLocal`, in whichever process drops it: keep what it captures plain data
+    /// (strings, numbers, `Arc`s of plain data), never a handle to a live resource.
+    ///
+    /// ```
+    /// use forksafe::ForkLocal;
+    ///
+    /// struct Client {
+    ///     endpoint: String,
+    ///     built_by: u32,
+    /// }
+    ///
+    /// struct Store {
+    ///     client: ForkLocal<Client>,
+    /// }
+    ///
+    /// impl Store {
+    ///     fn new(endpoint: &str) -> Self {
+    ///         let endpoint = endpoint.to_owned();
+    ///         Store {
+    ///             client: ForkLocal::with_init(move || Client {
+    ///                 endpoint: endpoint.clone(),
+    ///                 built_by: std::process::id(),
+    ///             }),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let a = Store::new("http://127.0.0.1:9000");
+    /// let b = Store::new("http://127.0.0.1:9001");
+    /// assert_eq!(a.client.get().endpoint, "http://127.0.0.1:9000");
+    /// assert_eq!(b.client.get().endpoint, "http://127.0.0.1:9001");
+    /// assert_eq!(a.client.get().built_by, std::process::id());
+    /// ```
+    pub fn with_init(init: impl Fn() -> T + Send + Sync + 'static) -> Self {
+        ForkLocal {
+            init: Init::Closure(Box::new(init)),
             slot: AtomicPtr::new(ptr::null_mut()),
             _owns: PhantomData,
         }
@@ -87,10 +155,10 @@ impl<T> ForkLocal<T> {
         // pointer stays valid while `self` is borrowed.
         if let Some(slot) = unsafe { slot.as_ref() } {
             if slot.owner == me {
-                return slot.value.get_or_init(self.init);
+                return slot.value.get_or_init(|| self.init.call());
             }
         }
-        self.install(me).value.get_or_init(self.init)
+        self.install(me).value.get_or_init(|| self.init.call())
     }
 
     /// The value, if this process already built it.

@@ -278,3 +278,102 @@ fn fork_local_in_a_grandchild() {
     assert_eq!(NESTED_LOCAL.get().built_by, parent);
     assert_eq!(NESTED_LOG.inits.load(Ordering::SeqCst), 1);
 }
+
+static CONFIGURED_LOG: DropLog = DropLog::new();
+
+/// A per-instance resource: what `ForkLocal::with_init` builds from its instance's configuration.
+struct Configured {
+    endpoint: String,
+    resource: Resource,
+}
+
+/// An instance with its own configuration, as a struct field (an object-store client's shape).
+struct Store {
+    client: ForkLocal<Configured>,
+}
+
+impl Store {
+    fn new(endpoint: &str) -> Self {
+        let endpoint = endpoint.to_owned();
+        Store {
+            client: ForkLocal::with_init(move || Configured {
+                endpoint: endpoint.clone(),
+                resource: CONFIGURED_LOG.build(),
+            }),
+        }
+    }
+}
+
+/// `ForkLocal::with_init`: two instances with different configurations, built in the parent and
+/// inherited. The child rebuilds each instance's value from the
+/// configuration that instance captured, never drops an inherited value (not even when it drops
+/// the instances), and the parent's values are untouched.
+#[test]
+fn per_instance_fork_local_is_rebuilt_from_its_configuration() {
+    let parent = getpid();
+    let mut stores = Some((Store::new("http://a:1"), Store::new("http://b:2")));
+    let (a, b) = stores.as_ref().unwrap();
+    assert_eq!(a.client.get().endpoint, "http://a:1");
+    assert_eq!(b.client.get().endpoint, "http://b:2");
+    let parent_addrs = (
+        a.client.get() as *const Configured as usize,
+        b.client.get() as *const Configured as usize,
+    );
+    assert_eq!(CONFIGURED_LOG.inits.load(Ordering::SeqCst), 2);
+
+    {
+        let method = ForkMethod::Libc;
+        let report = fork_child(method, Duration::from_secs(30), |rep| {
+            let (a, b) = stores.as_ref().unwrap();
+            rep.kv("a.built_before_get", a.client.get_if_built().is_some());
+            for (name, store) in [("a", a), ("b", b)] {
+                // Used from a runtime task too, as an extension would.
+                let (endpoint, built_by) = forksafe::block_on(async {
+                    let c = store.client.get();
+                    (c.endpoint.clone(), c.resource.built_by)
+                })
+                .unwrap();
+                rep.kv(&format!("{name}.endpoint"), endpoint);
+                rep.kv(&format!("{name}.built_by"), built_by);
+                rep.kv(
+                    &format!("{name}.addr"),
+                    store.client.get() as *const Configured as usize,
+                );
+            }
+            // Dropping the instances frees the children's own values and the closures, and
+            // leaks the inherited values.
+            drop(stores.take());
+            CONFIGURED_LOG.report(rep, "log.");
+        });
+        report.assert_ok();
+        let child = report.pid as u32;
+        let ctx = format!("{method:?} output:\n{}", report.output);
+        assert_eq!(report.value("a.built_before_get"), "false", "{ctx}");
+        assert_eq!(report.value("a.endpoint"), "http://a:1", "{ctx}");
+        assert_eq!(report.value("b.endpoint"), "http://b:2", "{ctx}");
+        assert_eq!(report.parse::<u32>("a.built_by"), child, "{ctx}");
+        assert_eq!(report.parse::<u32>("b.built_by"), child, "{ctx}");
+        assert_ne!(report.parse::<usize>("a.addr"), parent_addrs.0, "{ctx}");
+        assert_ne!(report.parse::<usize>("b.addr"), parent_addrs.1, "{ctx}");
+        assert_eq!(report.parse::<u32>("log.inits"), 4, "{ctx}");
+        assert_eq!(
+            report.parse::<u32>("log.drops"),
+            2,
+            "only its own two; {ctx}"
+        );
+        assert_eq!(
+            report.parse::<u32>("log.drops_built_elsewhere"),
+            0,
+            "an inherited value was dropped; {ctx}"
+        );
+    }
+
+    let (a, b) = stores.as_ref().unwrap();
+    assert_eq!(a.client.get() as *const Configured as usize, parent_addrs.0);
+    assert_eq!(b.client.get() as *const Configured as usize, parent_addrs.1);
+    assert_eq!(a.client.get().resource.built_by, parent);
+    assert_eq!(CONFIGURED_LOG.inits.load(Ordering::SeqCst), 2);
+    assert_eq!(CONFIGURED_LOG.drops.load(Ordering::SeqCst), 0);
+    drop(stores);
+    assert_eq!(CONFIGURED_LOG.drops.load(Ordering::SeqCst), 2);
+}
