@@ -41,10 +41,10 @@ def _outcome(report: Path, code: int | None, out: Path, err: Path) -> str:
     if code is None:
         return f"HUNG: the pytest process did not finish within {CASE_TIMEOUT:.0f} s"
     if not report.exists() or code < 0:
-        tail = (out.read_text(errors="replace") + err.read_text(errors="replace"))[-600:]
-        return f"CRASHED: pytest exit code {code}; last output:\n      " + _first_lines(
-            tail.split("Fatal Python error", 1)[-1], 3
-        )
+        text = out.read_text(errors="replace") + err.read_text(errors="replace")
+        fatal = text.find("Fatal Python error")
+        shown = text[fatal:] if fatal >= 0 else text[-600:]
+        return f"CRASHED: pytest exit code {code}:\n      " + _first_lines(shown, 4)
     for testcase in ET.parse(report).getroot().iter("testcase"):
         problem = testcase.find("failure")
         if problem is None:

@@ -1,0 +1,164 @@
+"""forksafe_objstore against moto's S3 server: fork vs spawn workers, and the parent's two paths.
+
+Run through ``scripts/bench`` (which builds and installs the example's wheel), or directly with
+``forksafe_objstore`` installed: ``python benches/objstore.py [--write]``.
+
+1. 4 workers read the same 1,000 objects (a quarter each) through an ObjectDataset built in the
+   parent: ``multiprocessing`` fork workers (inheriting the parent's warm Store) against spawn
+   workers (the dataset pickled, a fresh interpreter each). Objects/s and MB/s over the wall
+   time from starting the workers to the last result, worker start-up included.
+2. Time to the first object in a fresh worker: from ``Process.start()`` to the worker holding
+   its first object (CLOCK_MONOTONIC is system-wide on Linux), fork against spawn.
+3. The parent alone reading all 1,000 objects one after another: ``get_sync`` against
+   ``await get`` through ``forksafe.run``.
+
+moto is a Python server: it, not the client, sets the ceiling on absolute figures; the ratios
+are what this measures. With ``--write`` the table replaces the generated block of
+docs/benchmarks.md between the OBJSTORE markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "object-store" / "tests"))
+
+import forksafe  # noqa: E402
+import objdata  # noqa: E402
+from forksafe_objstore import ObjectDataset  # noqa: E402
+
+WORKERS = 4
+ROUNDS = 3
+BEGIN, END = "<!-- BEGIN OBJSTORE -->", "<!-- END OBJSTORE -->"
+
+
+def _worker(dataset: ObjectDataset, indices: list[int], queue: Any) -> None:
+    first = None
+    total = 0
+    for i in indices:
+        data = dataset[i]
+        if first is None:
+            first = time.monotonic()
+        total += len(data)
+    queue.put((os.getpid(), first, total, len(indices)))
+
+
+def workers(method: str, dataset: ObjectDataset) -> dict[str, float]:
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.Queue()
+    shards = [list(range(w, len(dataset), WORKERS)) for w in range(WORKERS)]
+    start = time.monotonic()
+    procs = []
+    for shard in shards:
+        proc = ctx.Process(target=_worker, args=(dataset, shard, queue))
+        proc.start()
+        procs.append(proc)
+    results = [queue.get(timeout=300) for _ in procs]
+    elapsed = time.monotonic() - start
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0, (method, proc.exitcode)
+    nbytes = sum(r[2] for r in results)
+    count = sum(r[3] for r in results)
+    assert count == len(dataset)
+    return {
+        "objects_s": count / elapsed,
+        "mb_s": nbytes / elapsed / 1e6,
+        "first_ms": statistics.median((r[1] - start) * 1e3 for r in results),
+    }
+
+
+async def _get_all(store: Any, keys: list[str]) -> int:
+    total = 0
+    for key in keys:
+        total += len(await store.get(key))
+    return total
+
+
+def parent(store: Any, keys: list[str], path: str) -> dict[str, float]:
+    start = time.monotonic()
+    if path == "sync":
+        nbytes = sum(len(store.get_sync(key)) for key in keys)
+    else:
+        nbytes = forksafe.run(_get_all(store, keys))
+    elapsed = time.monotonic() - start
+    return {"objects_s": len(keys) / elapsed, "mb_s": nbytes / elapsed / 1e6}
+
+
+def best(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each figure over the rounds."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def table(r: dict[str, dict[str, float]], total_mb: float) -> str:
+    fork, spawn, sync, run = r["fork"], r["spawn"], r["sync"], r["run"]
+    lines = [
+        f"1,000 objects, {total_mb:.1f} MB (1 KiB - 1 MiB), moto's S3 server on 127.0.0.1; "
+        f"{WORKERS} workers; median of {ROUNDS} rounds; {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs.",
+        "",
+        "| measure | fork | spawn | fork / spawn |",
+        "|---|---:|---:|---:|",
+        f"| {WORKERS} workers, objects/s | {fork['objects_s']:,.0f} | {spawn['objects_s']:,.0f} "
+        f"| {fork['objects_s'] / spawn['objects_s']:.2f}x |",
+        f"| {WORKERS} workers, MB/s | {fork['mb_s']:,.1f} | {spawn['mb_s']:,.1f} "
+        f"| {fork['mb_s'] / spawn['mb_s']:.2f}x |",
+        f"| first object in a fresh worker, ms | {fork['first_ms']:,.1f} "
+        f"| {spawn['first_ms']:,.1f} | {spawn['first_ms'] / fork['first_ms']:.1f}x sooner |",
+        "",
+        "| parent, one process | `get_sync` | `get` via `forksafe.run` | sync / async |",
+        "|---|---:|---:|---:|",
+        f"| objects/s | {sync['objects_s']:,.0f} | {run['objects_s']:,.0f} "
+        f"| {sync['objects_s'] / run['objects_s']:.2f}x |",
+        f"| MB/s | {sync['mb_s']:,.1f} | {run['mb_s']:,.1f} | {sync['mb_s'] / run['mb_s']:.2f}x |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    server = objdata.MotoServer()
+    try:
+        data = objdata.populate(server)
+        store = data.store()
+        dataset = ObjectDataset(store, data.keys)
+        # Warm the parent (runtime, pool) as a DataLoader's parent would have.
+        objdata.read_sync(store, data.sample(10))
+        objdata.read_async(store, data.sample(10, offset=1))
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("fork", "spawn", "sync", "run")}
+        for _ in range(ROUNDS):
+            runs["fork"].append(workers("fork", dataset))
+            runs["spawn"].append(workers("spawn", dataset))
+            runs["sync"].append(parent(store, data.keys, "sync"))
+            runs["run"].append(parent(store, data.keys, "run"))
+        total_mb = sum(data.sizes.values()) / 1e6
+    finally:
+        server.stop()
+    text = table({k: best(v) for k, v in runs.items()}, total_mb)
+    print(text)
+    if args.write:
+        doc = ROOT / "docs" / "benchmarks.md"
+        content = doc.read_text()
+        block = f"{BEGIN}\n{text}\n{END}"
+        if BEGIN in content:
+            head, rest = content.split(BEGIN, 1)
+            content = head + block + rest.split(END, 1)[1]
+        else:
+            content = content.rstrip("\n") + "\n\n" + block + "\n"
+        doc.write_text(content)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
