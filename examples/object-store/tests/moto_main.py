@@ -1,8 +1,8 @@
 """Runs moto's S3 server (``ThreadedMotoServer``) on 127.0.0.1 with an ephemeral port.
 
-Speaks HTTP/1.1 with keep-alive. Started by the tests as a subprocess, so the test process itself has no server threads when it
-forks. Prints ``PORT <n>`` once listening; stops when its stdin closes (the test process exited
-or closed the pipe), so it never outlives the tests.
+Speaks HTTP/1.1 with keep-alive. Started by the tests as a subprocess, so the test process
+itself has no server threads when it forks. Prints ``PORT <n>`` once listening; stops when its
+stdin closes (the test process exited or closed the pipe), so it never outlives the tests.
 """
 
 from __future__ import annotations
