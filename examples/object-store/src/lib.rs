@@ -435,7 +435,7 @@ fn _process_info(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
         .map(|r| (r.pid, r.generations_back))
         .collect();
     dict.set_item("inherited_runtimes", inherited)?;
-    dict.set_item("guard", info.guard.as_str())?;
+    dict.set_item("guard", info.guard.mode.as_str())?;
     Ok(Some(dict))
 }
 
