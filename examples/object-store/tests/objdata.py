@@ -235,3 +235,6 @@ def check_child_info(child: dict[str, Any] | None, parent_pid: int) -> None:
     assert child["pid"] != parent_pid, child
     assert child["runtimes_built"] == 1, child
     assert [parent_pid, 1] in [list(r) for r in child["inherited_runtimes"]], (child, parent_pid)
+    expected_guard = "syscall" if os.environ.get("FORKSAFE_PID_CHECK") == "syscall" else None
+    if expected_guard:
+        assert child["guard"] == expected_guard, child
