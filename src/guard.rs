@@ -4,7 +4,8 @@
 //! here. [`current`] returns this process's [`Process`] record, building one the first time the
 //! calling process asks. A record is never shared across processes: a child always builds its own.
 //!
-//! There are two ways to tell that a fork happened, chosen once per lineage:
+//! There are two ways to tell that a fork happened, chosen once per lineage (and a third mode
+//! where nothing can fork):
 //!
 //! * [`GuardMode::WipeOnFork`] (Linux >= 4.14): one anonymous page marked `MADV_WIPEONFORK` holds a
 //!   pointer to the record built by this process. The kernel zeroes that page in every child,
@@ -14,7 +15,11 @@
 //! * [`GuardMode::Syscall`]: compare `getpid()` with the PID stored in the newest record. It costs
 //!   a system call per access (glibc >= 2.25 has no PID cache) and it cannot see PID reuse: a
 //!   descendant that is handed the PID of an exited ancestor would trust that ancestor's record.
-//!   Used where the page is unavailable, or when `FORKSAFE_PID_CHECK=syscall` forces it.
+//!   Used where the page is unavailable or cannot be trusted (an emulator such as qemu-user
+//!   accepts `MADV_WIPEONFORK` and never wipes: see `sys::fork` for the probes), or when
+//!   `FORKSAFE_PID_CHECK=syscall` forces it.
+//! * [`GuardMode::NoFork`] (Windows): there is no fork, so every access is the same process;
+//!   the guard is a plain read of the one record, with no page and no system call.
 //!
 //! The slow path never waits on anything: it builds a new record in memory that only this
 //! process has seen and publishes it with a compare-and-swap (invariant 3).
@@ -24,6 +29,8 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::process::Process;
+pub(crate) use crate::sys::fork::getpid;
+use crate::sys::fork::{self as sys, CAN_FORK};
 
 /// How the guard tells that the calling process is not the one that built the cached state.
 ///
@@ -39,6 +46,9 @@ pub enum GuardMode {
     WipeOnFork,
     /// `getpid()` on every access; cannot detect PID reuse.
     Syscall,
+    /// The platform has no `fork()` (Windows): every access is the same process, with no page
+    /// and no system call.
+    NoFork,
 }
 
 impl GuardMode {
@@ -51,6 +61,7 @@ impl GuardMode {
         match self {
             GuardMode::WipeOnFork => "wipeonfork",
             GuardMode::Syscall => "syscall",
+            GuardMode::NoFork => "nofork",
         }
     }
 }
@@ -72,7 +83,8 @@ impl std::fmt::Display for GuardMode {
 pub struct GuardChoice {
     /// How forks are detected in this lineage.
     pub mode: GuardMode,
-    /// Why: `FORKSAFE_PID_CHECK`, or why the wipe-on-fork page is unavailable.
+    /// Why: `FORKSAFE_PID_CHECK`, why the wipe-on-fork page is unavailable or untrusted, or
+    /// that the platform has no fork.
     pub reason: &'static str,
 }
 
@@ -119,6 +131,15 @@ fn syscall_mode_marker() -> *mut AtomicPtr<Process> {
 /// This process's record, built on first use in each process.
 #[inline]
 pub(crate) fn current() -> &'static Process {
+    if !CAN_FORK {
+        // A constant: on Unix the compiler removes this branch. Without fork there is only
+        // ever one record, published in HEAD by the slow path.
+        // SAFETY: published records are never freed.
+        if let Some(record) = unsafe { HEAD.load(Ordering::Acquire).as_ref() } {
+            return record;
+        }
+        return slow_path();
+    }
     // Acquire: pairs with the Release store in `choose`; what the page holds is then readable.
     let page = PAGE.load(Ordering::Acquire);
     if !page.is_null() && page != syscall_mode_marker() {
@@ -161,14 +182,6 @@ pub(crate) fn choice() -> GuardChoice {
 #[inline]
 pub fn process_token() -> u64 {
     current() as *const Process as usize as u64
-}
-
-/// This process's ID, straight from the kernel (glibc caches nothing since 2.25).
-#[inline]
-pub(crate) fn getpid() -> u32 {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    let pid = unsafe { libc::getpid() };
-    pid as u32
 }
 
 #[cold]
@@ -230,24 +243,35 @@ fn choose() -> &'static Choice {
     if let Some(choice) = unsafe { CHOICE.load(Ordering::Acquire).as_ref() } {
         return choice;
     }
-    let (mode, page, reason): (GuardMode, *mut AtomicPtr<Process>, &'static str) =
-        match requested_mode() {
-            Requested::Syscall => (
-                GuardMode::Syscall,
-                ptr::null_mut(),
-                "FORKSAFE_PID_CHECK=syscall",
-            ),
-            Requested::Unknown => (
-                GuardMode::Syscall,
-                ptr::null_mut(),
-                "FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or \
+    let requested = if CAN_FORK {
+        requested_mode()
+    } else {
+        Requested::NoFork
+    };
+    let (mode, page, reason): (GuardMode, *mut AtomicPtr<Process>, &'static str) = match requested {
+        // No page: the slow path's HEAD loop builds the one record.
+        Requested::NoFork => (
+            GuardMode::NoFork,
+            ptr::null_mut(),
+            "this platform has no fork(): every access is the same process (no page, no \
+                 system call)",
+        ),
+        Requested::Syscall => (
+            GuardMode::Syscall,
+            ptr::null_mut(),
+            "FORKSAFE_PID_CHECK=syscall",
+        ),
+        Requested::Unknown => (
+            GuardMode::Syscall,
+            ptr::null_mut(),
+            "FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or \
                  'syscall'); using the getpid() fallback",
-            ),
-            Requested::Auto => match map_wipe_on_fork_page() {
-                Ok(page) => (GuardMode::WipeOnFork, page, "MADV_WIPEONFORK page"),
-                Err(why) => (GuardMode::Syscall, ptr::null_mut(), why),
-            },
-        };
+        ),
+        Requested::Auto => match sys::map_wipe_on_fork_page() {
+            Ok(page) => (GuardMode::WipeOnFork, page.cast(), "MADV_WIPEONFORK page"),
+            Err(why) => (GuardMode::Syscall, ptr::null_mut(), why),
+        },
+    };
     let fresh = Box::into_raw(Box::new(Choice {
         page,
         public: GuardChoice { mode, reason },
@@ -265,7 +289,7 @@ fn choose() -> &'static Choice {
             // SAFETY: `fresh` was never published, so it is still exclusively ours.
             let lost = unsafe { Box::from_raw(fresh) };
             if !lost.page.is_null() {
-                unmap_page(lost.page);
+                sys::unmap_page(lost.page.cast());
             }
             // SAFETY: the winner is a leaked, never-freed Choice.
             unsafe { &*winner }
@@ -285,6 +309,7 @@ enum Requested {
     Auto,
     Syscall,
     Unknown,
+    NoFork,
 }
 
 /// Reads `FORKSAFE_PID_CHECK` with libc's `getenv`, not `std::env`: std takes a process-wide
@@ -304,46 +329,6 @@ fn requested_mode() -> Requested {
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static str> {
-    // SAFETY: page_size is a plain query without preconditions.
-    let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
-    // existing memory; the result is checked against MAP_FAILED below.
-    let page = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        return Err("mmap of the wipe-on-fork page failed; using the getpid() fallback");
-    }
-    // SAFETY: `page` is the mapping of `len` bytes created just above.
-    if unsafe { libc::madvise(page, len, libc::MADV_WIPEONFORK) } != 0 {
-        unmap_page(page.cast());
-        return Err("MADV_WIPEONFORK unavailable (Linux < 4.14?); using the getpid() fallback");
-    }
-    // A fresh anonymous page is zero-filled: the AtomicPtr at its start reads as null.
-    Ok(page.cast())
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn map_wipe_on_fork_page() -> Result<*mut AtomicPtr<Process>, &'static str> {
-    Err("MADV_WIPEONFORK exists only on Linux; using the getpid() fallback")
-}
-
-fn unmap_page(page: *mut AtomicPtr<Process>) {
-    // SAFETY: page_size is a plain query without preconditions.
-    let len = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    // SAFETY: only called on a page this thread mapped and never published.
-    unsafe { libc::munmap(page.cast(), len) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +341,18 @@ mod tests {
             .unwrap();
         assert_eq!(a as usize, b);
         assert_eq!(current().pid(), std::process::id());
+    }
+
+    #[test]
+    fn natively_the_guard_trusts_the_wipe_on_fork_page() {
+        // On Linux the probes pass on a real kernel: only an override or an emulator that
+        // ignores madvise (see tests/guard_qemu.rs) may choose the fallback.
+        if cfg!(any(target_os = "linux", target_os = "android"))
+            && matches!(requested_mode(), Requested::Auto)
+        {
+            let choice = choice();
+            assert_eq!(choice.mode, GuardMode::WipeOnFork, "{}", choice.reason);
+        }
     }
 
     #[test]

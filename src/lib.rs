@@ -47,6 +47,7 @@ mod guard;
 mod info;
 mod process;
 mod runtime;
+mod sys;
 
 #[cfg(feature = "python")]
 #[cfg_attr(docsrs, doc(cfg(feature = "python")))]

@@ -6,21 +6,29 @@
 //! on bare tokio threads (PyO3's deferred-decref pool, a lock a fork can leave held).
 //!
 //! Here each asyncio loop gets one [`Completer`] per process: tokio tasks push finished results
-//! onto its queue and write one byte to a pipe only when the queue was empty; the loop watches
-//! the pipe with `add_reader` and drains the whole batch on a single wake, attached to the
-//! interpreter. Every Python object a task carries travels back through that queue, so none is
-//! ever dropped off the GIL: a cancelled future's task is told to stop (not aborted) and hands
-//! its objects back the same way.
+//! onto its queue and wake the loop only when the queue was empty; the loop drains the whole
+//! batch on a single wake, attached to the interpreter. Every Python object a task carries
+//! travels back through that queue, so none is ever dropped off the GIL: a cancelled future's
+//! task is told to stop (not aborted) and hands its objects back the same way.
+//!
+//! The wake-up, chosen per loop ([`Wake`]):
+//!
+//! * a pipe the loop watches with `add_reader` (Unix: selector loops and uvloop);
+//! * `loop.call_soon_threadsafe(completer)` where the loop cannot watch a pipe: a loop whose
+//!   `add_reader` raises `NotImplementedError` (Windows' `ProactorEventLoop`, some custom loops)
+//!   and every loop on Windows (a selector loop there watches sockets only). The tokio thread
+//!   that pushes the first item of a batch attaches to the interpreter for that one call; the
+//!   rest of the batch rides on the same wake-up. Nothing is dropped there but the call's own
+//!   temporaries, attached.
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyNotImplementedError, PyOSError};
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 use pyo3::{intern, IntoPyObjectExt};
@@ -28,6 +36,7 @@ use pyo3_async_runtimes::err::RustPanic;
 use pyo3_async_runtimes::TaskLocals;
 
 use super::TASK_LOCALS;
+use crate::sys::wake::Pipe;
 use crate::ForkLocal;
 
 /// Turns a finished future's output into the value (or exception) for its asyncio future.
@@ -43,22 +52,53 @@ struct Done {
     outcome: Outcome,
 }
 
+/// `(loop.call_soon_threadsafe, the loop's completer)`.
+type Scheduler = (Py<PyAny>, Py<Completer>);
+
+/// How the first result of a batch wakes the loop.
+enum Wake {
+    /// The loop watches the pipe's read end with `add_reader`.
+    Pipe(Pipe),
+    /// `(loop.call_soon_threadsafe, completer)`, for a loop that cannot watch a pipe. Taken out
+    /// (attached) when the loop is forgotten, so a queue never holds a Python object when its
+    /// last reference goes away on a tokio thread.
+    Soon(Mutex<Option<Scheduler>>),
+}
+
 /// The half of a completer that tokio tasks hold.
 struct Queue {
     /// `None` once the loop is gone: late results are then dropped by their own task, attached.
     done: Mutex<Option<Vec<Done>>>,
-    wake_write: OwnedFd,
-    wake_read: OwnedFd,
+    wake: Wake,
 }
 
 impl Queue {
-    fn new() -> PyResult<Self> {
-        let (read, write) = wake_pipe().map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(Queue {
+    fn new(wake: Wake) -> Self {
+        Queue {
             done: Mutex::new(Some(Vec::new())),
-            wake_write: write,
-            wake_read: read,
-        })
+            wake,
+        }
+    }
+
+    fn wake(&self) {
+        match &self.wake {
+            Wake::Pipe(pipe) => pipe.wake(),
+            Wake::Soon(slot) => Python::attach(|py| {
+                // Clone under the lock, call outside it: the call may release the GIL, and a
+                // thread holding the GIL may be waiting for this lock in `close`.
+                let target = slot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .map(|(call, completer)| (call.clone_ref(py), completer.clone_ref(py)));
+                if let Some((call_soon_threadsafe, completer)) = target {
+                    // Fails only once the loop is closed ("Event loop is closed"): its futures
+                    // can never complete, and the batch waits in the queue until the loop is
+                    // forgotten, exactly as unread bytes would wait in a pipe.
+                    let _ = call_soon_threadsafe.call1(py, (completer,));
+                }
+            }),
+        }
     }
 
     /// Called by the task that finished. Wakes the loop only for the first item of a batch.
@@ -70,9 +110,7 @@ impl Queue {
                 let first = items.len() == 1;
                 drop(queue);
                 if first {
-                    // SAFETY: writing one byte from a live buffer to a pipe we own. A full pipe
-                    // (EAGAIN) already holds a pending wake-up, so the result can be ignored.
-                    unsafe { libc::write(self.wake_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+                    self.wake();
                 }
             }
             None => {
@@ -84,66 +122,30 @@ impl Queue {
     }
 
     fn take(&self) -> Vec<Done> {
-        let mut buf = [0u8; 256];
-        // SAFETY: reading into a live buffer of its stated length from a pipe we own.
-        while unsafe {
-            libc::read(
-                self.wake_read.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        } > 0
-        {}
+        if let Wake::Pipe(pipe) = &self.wake {
+            pipe.drain();
+        }
         let mut queue = self.done.lock().unwrap_or_else(PoisonError::into_inner);
         queue.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    fn close(&self) -> Vec<Done> {
-        let mut queue = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.take().unwrap_or_default()
+    /// Forgets the loop: returns what the queue held, to be dropped attached by the caller.
+    fn close(&self) -> (Vec<Done>, Option<Scheduler>) {
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let wake = match &self.wake {
+            Wake::Pipe(_) => None,
+            Wake::Soon(slot) => slot.lock().unwrap_or_else(PoisonError::into_inner).take(),
+        };
+        (done.unwrap_or_default(), wake)
     }
 }
 
-/// A non-blocking, close-on-exec pipe `(read, write)`. Close-on-exec from birth (`pipe2`), so a
-/// concurrent fork+exec in another thread cannot carry it into an unrelated program.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn wake_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Where `pipe2` is missing (macOS): `pipe`, then the flags, every `fcntl` checked. A fork+exec
-/// in between can inherit the fds; nothing better exists there.
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn wake_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid two-element array for pipe to fill.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe succeeded, so both fds are open and owned by nobody else.
-    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    for fd in [pair.0.as_raw_fd(), pair.1.as_raw_fd()] {
-        // SAFETY: plain fcntl calls on an fd we own; each result is checked.
-        unsafe {
-            if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags == -1 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(pair)
-}
-
-/// One asyncio loop's completer in this process; its `__call__` is the loop's reader callback.
+/// One asyncio loop's completer in this process; its `__call__` is the loop's reader callback
+/// (or the callback `call_soon_threadsafe` schedules).
 #[pyclass(frozen)]
 struct Completer {
     queue: Arc<Queue>,
@@ -226,25 +228,32 @@ fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
         completers.retain(|(weak, completer)| {
             let alive = weak.bind(py).upgrade().is_some();
             if !alive {
-                abandoned.extend(completer.get().queue.close());
+                abandoned.push(completer.get().queue.close());
             }
             alive
         });
     }
     drop(abandoned); // dropped attached, outside the lock
-    let queue = Arc::new(Queue::new()?);
-    let completer = Py::new(
-        py,
-        Completer {
-            queue: queue.clone(),
-        },
-    )?;
-    // Only the thread running this loop calls here for it, so registering after add_reader
-    // cannot race; and a loop without add_reader fails now instead of hanging later.
-    event_loop.call_method1(
-        intern!(py, "add_reader"),
-        (queue.wake_read.as_raw_fd(), completer.clone_ref(py)),
-    )?;
+                     // Only the thread running this loop calls here for it, so registering after add_reader
+                     // cannot race.
+    let (queue, completer) = match watched_queue(event_loop)? {
+        Some(watched) => watched,
+        None => {
+            let queue = Arc::new(Queue::new(Wake::Soon(Mutex::new(None))));
+            let completer = Py::new(
+                py,
+                Completer {
+                    queue: queue.clone(),
+                },
+            )?;
+            if let Wake::Soon(slot) = &queue.wake {
+                let call = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((call.unbind(), completer.clone_ref(py)));
+            }
+            (queue, completer)
+        }
+    };
     let weak = PyWeakrefReference::new(event_loop)?.unbind();
     bridge
         .completers
@@ -252,6 +261,28 @@ fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
         .unwrap_or_else(PoisonError::into_inner)
         .push((weak, completer));
     Ok(queue)
+}
+
+/// A queue woken through a pipe the loop watches, or `None` where the loop cannot watch one
+/// (no pipes on this platform, or `add_reader` raises `NotImplementedError`).
+fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<(Arc<Queue>, Py<Completer>)>> {
+    let py = event_loop.py();
+    let Some(pipe) = Pipe::new().map_err(|e| PyOSError::new_err(e.to_string()))? else {
+        return Ok(None);
+    };
+    let reader = pipe.reader();
+    let queue = Arc::new(Queue::new(Wake::Pipe(pipe)));
+    let completer = Py::new(
+        py,
+        Completer {
+            queue: queue.clone(),
+        },
+    )?;
+    match event_loop.call_method1(intern!(py, "add_reader"), (reader, completer.clone_ref(py))) {
+        Ok(_) => Ok(Some((queue, completer))),
+        Err(err) if err.is_instance_of::<PyNotImplementedError>(py) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Set by the Python future's done-callback when it is cancelled; the task stops at its next
@@ -359,7 +390,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// # Errors
 ///
 /// `OSError` if the runtime or the loop's wake pipe cannot be made; whatever the loop raises
-/// from `create_future`, `add_done_callback` or `add_reader`.
+/// from `create_future`, `add_done_callback` or `add_reader` (except `NotImplementedError`
+/// from `add_reader`: such a loop is woken with `call_soon_threadsafe`).
 ///
 /// ```
 /// use pyo3::prelude::*;

@@ -125,6 +125,19 @@ mod testing {
         })
     }
 
+    /// Test-only: an awaitable whose Rust future panics with `message` after yielding once.
+    #[cfg(feature = "test-hooks")]
+    #[pyfunction]
+    pub fn panic(py: Python<'_>, message: String) -> PyResult<Bound<'_, PyAny>> {
+        future_into_py(py, async move {
+            tokio::task::yield_now().await;
+            if !message.is_empty() {
+                panic!("{message}");
+            }
+            Ok(())
+        })
+    }
+
     /// Test-only control: `echo` through plain `pyo3_async_runtimes::tokio`, which has no PID
     /// guard. Its awaits hang in a forked child; the fork suite uses it to prove it can fail.
     #[cfg(feature = "test-hooks")]
@@ -154,6 +167,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     probes.add_function(wrap_pyfunction!(testing::echo_sync, &probes)?)?;
     #[cfg(feature = "test-hooks")]
     probes.add_function(wrap_pyfunction!(testing::control_echo, &probes)?)?;
+    #[cfg(feature = "test-hooks")]
+    probes.add_function(wrap_pyfunction!(testing::panic, &probes)?)?;
     m.add_submodule(&probes)?;
     Ok(())
 }
