@@ -347,9 +347,7 @@ mod tests {
     fn natively_the_guard_trusts_the_wipe_on_fork_page() {
         // On Linux the probes pass on a real kernel: only an override or an emulator that
         // ignores madvise (see tests/guard_qemu.rs) may choose the fallback.
-        if cfg!(any(target_os = "linux", target_os = "android"))
-            && matches!(requested_mode(), Requested::Auto)
-        {
+        if sys::HAS_WIPE_ON_FORK && matches!(requested_mode(), Requested::Auto) {
             let choice = choice();
             assert_eq!(choice.mode, GuardMode::WipeOnFork, "{}", choice.reason);
         }

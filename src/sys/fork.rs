@@ -7,6 +7,10 @@
 /// Whether this platform has `fork()` (a child that inherits memory but not threads).
 pub(crate) const CAN_FORK: bool = cfg!(unix);
 
+/// Whether this platform's kernel offers `MADV_WIPEONFORK` (Linux >= 4.14); the tests ask.
+#[cfg(test)]
+pub(crate) const HAS_WIPE_ON_FORK: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// This process's ID, straight from the kernel (glibc caches nothing since 2.25).
 #[inline]
 pub(crate) fn getpid() -> u32 {
