@@ -105,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    if not hasattr(os, "fork"):
+        print("python -m forksafe stress: this platform has no fork(); there is nothing to stress")
+        return 0
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in PATHS]
