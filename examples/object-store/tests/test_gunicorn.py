@@ -35,38 +35,13 @@ PATHS = ("sync", "async", "fresh")
 
 @pytest.fixture
 def gunicorn(data: objdata.DataSet, tmp_path: Path) -> Iterator[tuple[Service, str]]:
-    sock = integ_support.listening_socket()
-    host, port = sock.getsockname()
     config = {"bucket": objdata.BUCKET, "store": data.config, "warm": data.sample(2)}
     env = integ_support.subprocess_env(OBJSTORE_TEST_CONFIG=json.dumps(config))
     env["PYTHONPATH"] = f"{APPS}:{env['PYTHONPATH']}"
-    service = Service(
-        "gunicorn",
-        [
-            integ_support.python(), "-m", "gunicorn",
-            "--preload",
-            "--workers", "2",
-            "--worker-class", "sync",
-            "--bind", f"fd://{sock.fileno()}",
-            "--no-control-socket",
-            "--worker-tmp-dir", str(tmp_path),
-            "--timeout", "30",
-            "--graceful-timeout", "10",
-            "--log-level", "info",
-            "objstore_wsgi_app:app",
-        ],
-        tmp_path,
-        cwd=APPS,
-        env=env,
-        pass_fds=[sock.fileno()],
-    )  # fmt: skip
-    try:
-        service.start()
-        sock.close()
-        yield service, f"http://{host}:{port}"
-    finally:
-        sock.close()
-        service.stop()
+    with integ_support.gunicorn_preload(
+        "objstore_wsgi_app:app", tmp_path, cwd=APPS, env=env
+    ) as served:
+        yield served
 
 
 def _get(base: str, key: str, path: str) -> tuple[bytes, dict[str, Any]]:

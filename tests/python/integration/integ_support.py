@@ -8,6 +8,7 @@ killed when they miss their deadline; their last words go into the failure messa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -258,6 +259,47 @@ class Service:
 # --------------------------------------------------------------------------------------------
 # Forked children under a hang detector.
 # --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gunicorn_preload(
+    app: str, workdir: Path, *, cwd: Path = APPS, env: dict[str, str] | None = None
+) -> Iterator[tuple[Service, str]]:
+    """gunicorn --preload with 2 sync workers serving ``app`` ("module:callable") on 127.0.0.1.
+
+    The test binds the socket (port 0) and gunicorn inherits it, so there is no race for the
+    port; once gunicorn holds it, connections are refused, not stuck, if it dies. Yields the
+    service and its base URL; stops it (and every worker) on the way out.
+    """
+    sock = listening_socket()
+    host, port = sock.getsockname()
+    service = Service(
+        "gunicorn",
+        [
+            python(), "-m", "gunicorn",
+            "--preload",
+            "--workers", "2",
+            "--worker-class", "sync",
+            "--bind", f"fd://{sock.fileno()}",
+            "--no-control-socket",
+            "--worker-tmp-dir", str(workdir),
+            "--timeout", "30",
+            "--graceful-timeout", "10",
+            "--log-level", "info",
+            app,
+        ],
+        workdir,
+        cwd=cwd,
+        env=env,
+        pass_fds=[sock.fileno()],
+    )  # fmt: skip
+    try:
+        service.start()
+        sock.close()  # only gunicorn holds the socket now
+        yield service, f"http://{host}:{port}"
+    finally:
+        sock.close()
+        service.stop()
 
 
 def _write_line(fd: int, message: dict[str, Any]) -> None:

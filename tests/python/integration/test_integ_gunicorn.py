@@ -35,35 +35,8 @@ RESPAWN_DEADLINE = 30.0
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[tuple[Service, str]]:
-    sock = integ_support.listening_socket()
-    host, port = sock.getsockname()
-    service = Service(
-        "gunicorn",
-        [
-            integ_support.python(), "-m", "gunicorn",
-            "--preload",
-            "--workers", "2",
-            "--worker-class", "sync",
-            # The socket the test bound to 127.0.0.1:0, inherited: no race for the port.
-            "--bind", f"fd://{sock.fileno()}",
-            "--no-control-socket",
-            "--worker-tmp-dir", str(tmp_path),
-            "--timeout", "30",
-            "--graceful-timeout", "10",
-            "--log-level", "info",
-            "forksafe_wsgi_app:app",
-        ],
-        tmp_path,
-        pass_fds=[sock.fileno()],
-    )  # fmt: skip
-    try:
-        service.start()
-        # Only gunicorn holds the socket now: if it dies, connections are refused, not stuck.
-        sock.close()
-        yield service, f"http://{host}:{port}"
-    finally:
-        sock.close()
-        service.stop()
+    with integ_support.gunicorn_preload("forksafe_wsgi_app:app", tmp_path) as served:
+        yield served
 
 
 def _get(base: str, value: str, sleep: float = 0.0) -> dict[str, Any]:
