@@ -358,6 +358,8 @@ def _exit_lines(info: dict[str, Any]) -> list[str]:
         lines.append("threading exit callbacks: " + ", ".join(info["threading_atexit"]))
     if info.get("threads_joined"):
         lines.append("non-daemon threads the exit joins: " + ", ".join(info["threads_joined"]))
+    if info.get("finalisation"):
+        lines.append(f"finalisation: {info['finalisation']}")
     if info.get("note"):
         lines.append(str(info["note"]))
     return lines

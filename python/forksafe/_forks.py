@@ -22,6 +22,7 @@ other line is the child's own output (or a stack dump).
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import faulthandler
 import json
@@ -195,24 +196,67 @@ def _exit_tracker(fd: int, anchor: Any) -> Callable[..., None]:
     return track
 
 
-def _leave(fd: int, work: Work, code: int) -> NoReturn:
-    """Ends a child forked by os.fork, a C-level fork or a raw clone.
+FINALIZES_AFTER_THREAD_FORK = sys.version_info < (3, 13)
+"""Whether a child forked from a non-main thread can leave through ``Py_Exit``.
+
+Not on CPython 3.13 and later: ``Py_Finalize`` (``resolve_final_tstate``, gh-120838) carries on
+with ``_PyRuntime.main_tstate``, the thread state of the thread that started the interpreter.
+A fork from another thread makes the forking thread the child's main thread
+(``PyOS_AfterFork_Child`` resets ``_PyRuntime.main_thread``) and deletes every other thread
+state, but leaves ``main_tstate`` pointing at the deleted one. Finalisation then swaps to a dead
+thread state: the child dies of SIGSEGV before its first exit step. If a thread started in the
+child has been given that (preallocated) thread state again, as forksafe's loop thread is,
+finalisation runs on that thread's state instead: on 3.15 the child hangs in
+``threading._shutdown``. Measured on 3.13.18, 3.14.10 and 3.15.2. Only ``Py_Exit`` (from C, or
+here) meets it: when the forking thread of a Python program returns, the child ends without
+finalising. Such children run the exit's Python steps themselves (:func:`_leave`)."""
+
+
+def _leave(fd: int, work: Work, code: int, finalize: bool = True) -> NoReturn:
+    """Ends a child forked by os.fork, a C-level fork, a raw clone or from a non-main thread.
 
     With the exit check, the child exits the way ``sys.exit()`` ends a program: ``Py_Exit``
     runs threading's shutdown, the atexit handlers, finalisation and C ``exit()``. Raising
     SystemExit instead would unwind through the parent's frames that the child inherited (the
-    CLI, this engine), running their ``finally`` blocks in the child."""
+    CLI, this engine), running their ``finally`` blocks in the child. Without ``finalize`` (see
+    :data:`FINALIZES_AFTER_THREAD_FORK`) it runs the steps of that exit that call Python code,
+    in the same order, then leaves through ``os._exit``."""
     if code == 0 and work.exit_check:
         try:
-            _event(fd, "exiting", **work.exit_info(False))
-            py_exit = ctypes.pythonapi.Py_Exit
+            info = work.exit_info(False)
+            if not finalize:
+                info["finalisation"] = (
+                    "skipped, CPython 3.13+ cannot finalise a child forked from a thread "
+                    "(threading's shutdown and the atexit handlers ran, then os._exit)"
+                )
+            _event(fd, "exiting", **info)
+            py_exit = ctypes.pythonapi.Py_Exit  # looked up before the tracker starts
             py_exit.argtypes = [ctypes.c_int]
             py_exit.restype = None
             sys.setprofile(_exit_tracker(fd, sys._getframe()))
-            py_exit(0)
+            if finalize:
+                py_exit(0)
+            # Py_FinalizeEx's steps that run Python code, called from this frame (the tracker
+            # reports them): threading's shutdown, then the atexit handlers.
+            threading._shutdown()  # type: ignore[attr-defined]
+            atexit._run_exitfuncs()
+            sys.setprofile(None)
+            code = _flush_std()
         except BaseException:
             code = 70
     os._exit(code)
+
+
+def _flush_std() -> int:
+    """Flushes sys.stdout and sys.stderr as finalisation does; 120 (Py_Exit's code) on failure."""
+    code = 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            code = 120
+    return code
 
 
 def _mp_child(
@@ -377,7 +421,8 @@ def _fork(method: str, read_fd: int, write_fd: int, work: Work, value: int, dept
     def child() -> NoReturn:
         os.close(read_fd)
         stale = method in STALE_PATHS
-        _leave(write_fd, work, _child(write_fd, work, value, depth, 1, False, stale))
+        finalize = method != "thread_fork" or FINALIZES_AFTER_THREAD_FORK
+        _leave(write_fd, work, _child(write_fd, work, value, depth, 1, False, stale), finalize)
 
     if method == "thread_fork":
         box: list[int] = []
@@ -633,7 +678,7 @@ class _Launch:
         processes = sorted(self.procs.values(), key=lambda p: p.generation)
         for proc in processes:  # output the children printed goes with the first failure
             if proc.status == "crashed" and not proc.stack and self.output:
-                proc.stack = "\n".join(list(self.output)[-30:])
+                proc.stack = _crash_report(list(self.output))
                 break
         self.outcome = Outcome(self.method, self.value, self.forks, processes, list(self.output))
         return self.outcome
@@ -644,6 +689,40 @@ class _Launch:
         else:
             os.close(self.fd)
         _parent_fds.discard(self.fd)
+
+
+_FATAL = "Fatal Python error:"
+_C_STACK = "C stack trace"  # 3.14+: "Current thread's C stack trace (most recent call first):"
+_C_FRAMES = 12
+_TAIL_LINES = 30
+
+
+def _crash_report(lines: list[str]) -> str:
+    """What a crashed child printed last: faulthandler's fatal-error report from its first line
+    (the C stack trace CPython 3.14+ appends cut to its innermost frames), or else the last
+    lines of output."""
+    start = max((i for i, line in enumerate(lines) if line.startswith(_FATAL)), default=None)
+    if start is None:
+        return "\n".join(lines[-_TAIL_LINES:])
+    report: list[str] = []
+    frames, cut = -1, 0  # -1: not in a C stack trace
+    for line in lines[start:]:
+        if frames >= 0 and line[:1].isspace():
+            frames += 1
+            if frames > _C_FRAMES:
+                cut += 1
+                continue
+        elif frames >= 0:
+            frames = -1
+        if _C_STACK in line:
+            frames = 0
+        report.append(line)
+        if cut and frames < 0:
+            report.insert(-1, f"  ({cut} more C frames)")
+            cut = 0
+    if cut:
+        report.append(f"  ({cut} more C frames)")
+    return "\n".join(report)
 
 
 def _signal_name(code: int) -> str:
