@@ -35,10 +35,6 @@ use pyo3_async_runtimes::TaskLocals;
 
 use crate::Error;
 
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-#[path = "testing.rs"]
-pub mod __testing;
 mod completion;
 mod local;
 mod locals;
@@ -47,31 +43,6 @@ mod run;
 mod streams;
 
 pub use completion::future_into_py_with_locals;
-/// Registers a test with pyo3-async-runtimes' test harness (`pyo3_async_runtimes::testing::main`)
-/// on forksafe's runtime, as `#[pyo3_async_runtimes::tokio::test]` does (feature `testing`).
-///
-/// ```
-/// use pyo3::prelude::*;
-///
-/// #[forksafe::python::test]
-/// async fn test_sleep() -> PyResult<()> {
-///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-///     Ok(())
-/// }
-///
-/// #[forksafe::python::test]
-/// fn test_blocking(event_loop: Py<PyAny>) -> PyResult<()> {
-///     Python::attach(|py| event_loop.bind(py).call_method0("is_running")?.is_truthy())
-///         .map(|running| assert!(running))
-/// }
-///
-/// fn main() -> PyResult<()> {
-///     Python::initialize();
-///     Python::attach(|py| forksafe::python::run(py, pyo3_async_runtimes::testing::main()))
-/// }
-/// ```
-#[cfg(feature = "testing")]
-pub use forksafe_macros::test;
 #[allow(deprecated)]
 pub use local::{local_future_into_py, local_future_into_py_with_locals};
 pub use locals::{get_current_locals, get_current_loop, scope, scope_local};

@@ -1,6 +1,8 @@
-//! `#[forksafe::python::test]`: registers a test with pyo3-async-runtimes' test harness
-//! (`pyo3_async_runtimes::testing::main`), run on forksafe's runtime. Re-exported by forksafe
-//! under its `testing` feature; use it from there.
+//! `#[forksafe_peer_macros::test]`: registers a test with pyo3-async-runtimes' test harness
+//! (`pyo3_async_runtimes::testing::main`), run on forksafe's runtime. Test-only and never
+//! published: `scripts/peer-suite` puts it where upstream's pytests have
+//! `#[pyo3_async_runtimes::tokio::test]`, whose expansion looks the loop up in upstream's own
+//! task locals (which forksafe does not set). The expansion uses only forksafe's public API.
 //!
 //! Written with `proc_macro` alone (no `syn`), so it costs next to nothing to build.
 
@@ -27,7 +29,7 @@ fn expand(item: TokenStream) -> Result<TokenStream, String> {
     let fn_at = tokens
         .iter()
         .position(|t| matches!(t, TokenTree::Ident(i) if i.to_string() == "fn"))
-        .ok_or("#[forksafe::python::test] goes on a function")?;
+        .ok_or("#[forksafe_peer_macros::test] goes on a function")?;
     let is_async = tokens[..fn_at]
         .iter()
         .any(|t| matches!(t, TokenTree::Ident(i) if i.to_string() == "async"));
@@ -48,13 +50,14 @@ fn expand(item: TokenStream) -> Result<TokenStream, String> {
         .map(|t| t.to_string())
         .collect::<Vec<_>>()
         .join(" ");
-    let support = "::forksafe::python::__testing";
     let task = if is_async {
         format!("::std::boxed::Box::pin({name}())")
     } else {
         let (setup, call) = if takes_loop {
             (
-                format!("let event_loop = {support}::current_loop();"),
+                "let event_loop = ::pyo3::Python::attach(|py| ::forksafe::python::get_current_loop(py) \
+                     .expect(\"the peer suite's tests run inside pyo3_async_runtimes::testing::main\") \
+                     .unbind());".to_owned(),
                 format!("{name}(event_loop)"),
             )
         } else {
@@ -64,21 +67,22 @@ fn expand(item: TokenStream) -> Result<TokenStream, String> {
             "{setup} ::std::boxed::Box::pin(async move {{ \
                  match ::forksafe::python::get_runtime().spawn_blocking(move || {call}).await {{ \
                      ::std::result::Result::Ok(result) => result, \
-                     ::std::result::Result::Err(error) => ::std::result::Result::Err({support}::join_error(error)), \
+                     ::std::result::Result::Err(error) => ::std::result::Result::Err( \
+                         ::pyo3_async_runtimes::err::RustPanic::new_err(::std::format!(\"rust future panicked: {{error}}\"))), \
                  }} \
              }})"
         )
     };
     let expanded = format!(
-        "{vis} fn {name}() -> ::std::pin::Pin<::std::boxed::Box<dyn ::std::future::Future<Output = {support}::pyo3::PyResult<()>> + ::std::marker::Send>> {{ \
+        "{vis} fn {name}() -> ::std::pin::Pin<::std::boxed::Box<dyn ::std::future::Future<Output = ::pyo3::PyResult<()>> + ::std::marker::Send>> {{ \
              {item} \
              {task} \
          }} \
-         {support}::inventory::submit! {{ \
-             {support}::Test {{ name: ::std::concat!(::std::module_path!(), \"::\", ::std::stringify!({name})), test_fn: &{name} }} \
+         ::inventory::submit! {{ \
+             ::pyo3_async_runtimes::testing::Test {{ name: ::std::concat!(::std::module_path!(), \"::\", ::std::stringify!({name})), test_fn: &{name} }} \
          }}"
     );
     expanded
         .parse()
-        .map_err(|e| format!("forksafe::python::test expansion: {e}"))
+        .map_err(|e| format!("forksafe_peer_macros::test expansion: {e}"))
 }
