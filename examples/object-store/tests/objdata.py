@@ -98,13 +98,15 @@ class DataSet:
 
 
 class MotoServer:
-    """moto's S3 server in a subprocess (moto_main.py), with a start-up deadline."""
+    """moto's S3 server in a subprocess (moto_main.py) behind its keep-alive front end, with a
+    start-up deadline. ``requests()`` reads the front end's connection log."""
 
     def __init__(self, deadline: float = 60.0) -> None:
         # stdout carries the port line only; the server's log goes to a file nobody must drain.
         self.log = tempfile.TemporaryFile()
+        self.connection_log = tempfile.NamedTemporaryFile(prefix="objstore-connections-")
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "moto_main.py")],
+            [sys.executable, str(HERE / "moto_main.py"), self.connection_log.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -129,6 +131,12 @@ class MotoServer:
         self.port = int(first.split()[1])
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
+    def requests(self) -> list[tuple[int, str, str]]:
+        """Every request the server received so far: (TCP connection number, method, path)."""
+        with open(self.connection_log.name, encoding="utf-8") as log:
+            lines = [line.split(" ", 2) for line in log.read().splitlines()]
+        return [(int(number), method, path) for number, method, path in lines]
+
     def set_auth(self, enforced: bool) -> None:
         """Makes moto check request signatures (and refuse unknown keys) from now on, or not."""
         count = b"0" if enforced else b"inf"
@@ -150,6 +158,7 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.connection_log.close()
 
 
 def _put(url: str, data: bytes) -> None:
