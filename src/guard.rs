@@ -110,7 +110,7 @@ struct Choice {
 /// the losing thread sees the winner's fields (Acquire half of the failed CAS).
 static CHOICE: AtomicPtr<Choice> = AtomicPtr::new(ptr::null_mut());
 
-/// The fast path's copy of `Choice::page`: null until chosen, [`SYSCALL_MODE`] in syscall mode,
+/// The fast path's copy of `Choice::page`: null until chosen, `syscall_mode_marker()` without a page,
 /// else the page, whose first word is an `AtomicPtr<Process>` valid forever (the page is never
 /// unmapped once published, and the mapping survives fork). Written only after `CHOICE`, with
 /// the same value every time; `Acquire` loads pair with the `Release` store.

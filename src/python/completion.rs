@@ -184,28 +184,57 @@ fn settle(py: Python<'_>, done: Done) {
 struct Bridge {
     /// `(weak loop, its completer)`; a handful of entries at most.
     completers: Mutex<Vec<(Py<PyWeakrefReference>, Py<Completer>)>>,
-    /// `asyncio.get_running_loop`, cached per process (set, never waited on).
+    /// `asyncio.get_running_loop` and `contextvars.copy_context`, cached per process.
+    /// (pyo3-async-runtimes' own caches are process-global cells that block waiters while one
+    /// thread fills them: a fork at that instant would leave them blocked forever in the child.
+    /// These are set, never waited on.)
     get_running_loop: OnceLock<Py<PyAny>>,
+    copy_context: OnceLock<Py<PyAny>>,
 }
 
 static BRIDGE: ForkLocal<Bridge> = ForkLocal::new(|| Bridge {
     completers: Mutex::new(Vec::new()),
     get_running_loop: OnceLock::new(),
+    copy_context: OnceLock::new(),
 });
 
-/// The running asyncio loop of the calling thread (`RuntimeError` if there is none).
-pub(super) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let cache = &BRIDGE.get().get_running_loop;
-    let get = match cache.get() {
-        Some(get) => get,
+/// Calls `module.name()`, the function cached in `cache` on first use in this process.
+fn call_cached<'py>(
+    py: Python<'py>,
+    cache: &OnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let function = match cache.get() {
+        Some(function) => function,
         None => {
             // Importing may release the GIL, so never block on the cell while doing it.
-            let get = py.import("asyncio")?.getattr("get_running_loop")?.unbind();
-            let _ = cache.set(get);
+            let function = py.import(module)?.getattr(name)?.unbind();
+            let _ = cache.set(function);
             cache.get().expect("just set")
         }
     };
-    get.bind(py).call0()
+    function.bind(py).call0()
+}
+
+/// The running asyncio loop of the calling thread (`RuntimeError` if there is none).
+pub(super) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    call_cached(
+        py,
+        &BRIDGE.get().get_running_loop,
+        "asyncio",
+        "get_running_loop",
+    )
+}
+
+/// A copy of the calling thread's current `contextvars` context.
+pub(super) fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    call_cached(
+        py,
+        &BRIDGE.get().copy_context,
+        "contextvars",
+        "copy_context",
+    )
 }
 
 fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
@@ -239,13 +268,7 @@ fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
     let (queue, completer) = match watched_queue(event_loop)? {
         Some(watched) => watched,
         None => {
-            let queue = Arc::new(Queue::new(Wake::Soon(Mutex::new(None))));
-            let completer = Py::new(
-                py,
-                Completer {
-                    queue: queue.clone(),
-                },
-            )?;
+            let (queue, completer) = completer(py, Wake::Soon(Mutex::new(None)))?;
             if let Wake::Soon(slot) = &queue.wake {
                 let call = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
                 *slot.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -263,6 +286,18 @@ fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
     Ok(queue)
 }
 
+/// A fresh queue woken by `wake`, and the completer that drains it.
+fn completer(py: Python<'_>, wake: Wake) -> PyResult<(Arc<Queue>, Py<Completer>)> {
+    let queue = Arc::new(Queue::new(wake));
+    let completer = Py::new(
+        py,
+        Completer {
+            queue: queue.clone(),
+        },
+    )?;
+    Ok((queue, completer))
+}
+
 /// A queue woken through a pipe the loop watches, or `None` where the loop cannot watch one
 /// (no pipes on this platform, or `add_reader` raises `NotImplementedError`).
 fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<(Arc<Queue>, Py<Completer>)>> {
@@ -271,13 +306,7 @@ fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<(Arc<Queue>, 
         return Ok(None);
     };
     let reader = pipe.reader();
-    let queue = Arc::new(Queue::new(Wake::Pipe(pipe)));
-    let completer = Py::new(
-        py,
-        Completer {
-            queue: queue.clone(),
-        },
-    )?;
+    let (queue, completer) = completer(py, Wake::Pipe(pipe))?;
     match event_loop.call_method1(intern!(py, "add_reader"), (reader, completer.clone_ref(py))) {
         Ok(_) => Ok(Some((queue, completer))),
         Err(err) if err.is_instance_of::<PyNotImplementedError>(py) => Ok(None),

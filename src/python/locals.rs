@@ -8,33 +8,12 @@
 use std::cell::OnceCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
 
 use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{ContextExt, LocalContextExt, SpawnLocalExt};
 use pyo3_async_runtimes::TaskLocals;
 
 use super::{completion, ForksafeRuntime, TaskHandle, TASK_LOCALS};
-use crate::ForkLocal;
-
-/// `contextvars.copy_context`, cached per process. (pyo3-async-runtimes' own cache is a
-/// process-global cell that blocks waiters while it is filled: a fork at that instant would
-/// leave it blocked forever in the child. This one is set, never waited on.)
-static COPY_CONTEXT: ForkLocal<OnceLock<Py<PyAny>>> = ForkLocal::new(OnceLock::new);
-
-pub(super) fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let cache = COPY_CONTEXT.get();
-    let copy = match cache.get() {
-        Some(copy) => copy,
-        None => {
-            // Importing may release the GIL, so never block on the cell while doing it.
-            let copy = py.import("contextvars")?.getattr("copy_context")?.unbind();
-            let _ = cache.set(copy);
-            cache.get().expect("just set")
-        }
-    };
-    copy.bind(py).call0()
-}
 
 impl SpawnLocalExt for ForksafeRuntime {
     /// Spawns onto the current `tokio::task::LocalSet` (panics outside one, as tokio does).
@@ -156,6 +135,7 @@ pub fn get_current_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
     match ForksafeRuntime::get_task_locals() {
         Some(locals) => Ok(locals),
-        None => Ok(TaskLocals::new(completion::running_loop(py)?).with_context(copy_context(py)?)),
+        None => Ok(TaskLocals::new(completion::running_loop(py)?)
+            .with_context(completion::copy_context(py)?)),
     }
 }

@@ -141,9 +141,7 @@ impl ContextExt for ForksafeRuntime {
     where
         F: Future<Output = R> + Send + 'static,
     {
-        let cell = OnceCell::new();
-        let _ = cell.set(locals);
-        Box::pin(TASK_LOCALS.scope(cell, fut))
+        Box::pin(TASK_LOCALS.scope(OnceCell::from(locals), fut))
     }
 
     fn get_task_locals() -> Option<TaskLocals> {

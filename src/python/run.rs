@@ -131,7 +131,8 @@ where
     let py = event_loop.py();
     let slot = Arc::new(Mutex::new(None));
     let filled = slot.clone();
-    let locals = TaskLocals::new(event_loop.clone()).with_context(super::locals::copy_context(py)?);
+    let locals =
+        TaskLocals::new(event_loop.clone()).with_context(super::completion::copy_context(py)?);
     let awaitable = super::future_into_py_with_locals(py, locals, async move {
         let value = fut.await?;
         *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);

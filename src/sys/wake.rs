@@ -21,11 +21,7 @@ mod imp {
     impl Pipe {
         /// A fresh pipe, both ends non-blocking and close-on-exec.
         pub(crate) fn new() -> io::Result<Option<Pipe>> {
-            let mut fds = [0; 2];
-            open(&mut fds)?;
-            // SAFETY: the pipe was just created, so both fds are open and owned by nobody else.
-            let (read, write) =
-                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (read, write) = open()?;
             Ok(Some(Pipe { read, write }))
         }
 
@@ -50,43 +46,46 @@ mod imp {
         }
     }
 
+    /// Both ends from one pipe, owned at once (an error below closes them).
+    fn owned(fds: [libc::c_int; 2]) -> (OwnedFd, OwnedFd) {
+        // SAFETY: the pipe was just created, so both fds are open and owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    fn open(fds: &mut [libc::c_int; 2]) -> io::Result<()> {
+    fn open() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0; 2];
         // SAFETY: `fds` is a valid two-element array for pipe2 to fill. The flags are set
         // atomically, so no fork or exec in another thread ever sees a blocking or inheritable end.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(())
+        Ok(owned(fds))
     }
 
     /// Where `pipe2` is missing (macOS): `pipe`, then the flags, every `fcntl` checked. A
     /// fork+exec in between can inherit the fds; nothing better exists there.
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    fn open(fds: &mut [libc::c_int; 2]) -> io::Result<()> {
+    fn open() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0; 2];
         // SAFETY: `fds` is a valid two-element array for pipe to fill.
         if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        for &fd in fds.iter() {
-            // SAFETY: plain fcntl calls on the fds just created; each result is checked.
-            unsafe {
-                if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == -1 {
-                    let error = io::Error::last_os_error();
-                    libc::close(fds[0]);
-                    libc::close(fds[1]);
-                    return Err(error);
-                }
+        let pair = owned(fds);
+        for fd in [pair.0.as_raw_fd(), pair.1.as_raw_fd()] {
+            // SAFETY: plain fcntl calls on fds we own; each result is checked.
+            let ok = unsafe {
                 let flags = libc::fcntl(fd, libc::F_GETFL);
-                if flags == -1 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == -1 {
-                    let error = io::Error::last_os_error();
-                    libc::close(fds[0]);
-                    libc::close(fds[1]);
-                    return Err(error);
-                }
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) != -1
+                    && flags != -1
+                    && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != -1
+            };
+            if !ok {
+                return Err(io::Error::last_os_error()); // `pair` closes both ends
             }
         }
-        Ok(())
+        Ok(pair)
     }
 }
 
