@@ -27,17 +27,9 @@ from . import options
 from .code import SETUP, BadInput, CodeWork, shorten, user_traceback
 from .diagnosis import diagnose
 from .engine import PATHS, Outcome, run_forks
-from .report import Column, Progress, render, summarise
+from .report import Progress, columns, render, summarise
 
-COLUMNS = (
-    Column("path", "path", 12),
-    Column("ok", "ok", 5),
-    Column("wrong", "wrong", 6),
-    Column("hung", "hung", 5),
-    Column("crashed", "crashed", 8),
-    Column("hangs-at-exit", "hangs_at_exit", 14),
-    Column("p50 ms", "p50_ms", 9),
-)
+COLUMNS = columns("path", "ok", "wrong", "hung", "crashed", "hangs_at_exit", "p50_ms")
 
 
 @contextlib.contextmanager

@@ -51,6 +51,27 @@ class Column(NamedTuple):
     width: int
 
 
+_COLUMNS = {
+    column.key: column
+    for column in (
+        Column("path", "path", 12),
+        Column("forks", "forks", 6),
+        Column("ok", "ok", 6),
+        Column("wrong", "wrong", 6),
+        Column("hung", "hung", 5),
+        Column("crashed", "crashed", 8),
+        Column("hangs-at-exit", "hangs_at_exit", 14),
+        Column("p50 ms", "p50_ms", 8),
+        Column("p99 ms", "p99_ms", 8),
+    )
+}
+
+
+def columns(*keys: str) -> tuple[Column, ...]:
+    """The table's columns for these row keys, in this order."""
+    return tuple(_COLUMNS[key] for key in keys)
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"

@@ -17,18 +17,9 @@ from collections.abc import Sequence
 from . import options
 from .engine import FORK_PATHS, Outcome, run_forks
 from .probes import ProbeWork, warm_up
-from .report import Column, Progress, render, summarise
+from .report import Progress, columns, render, summarise
 
-COLUMNS = (
-    Column("path", "path", 12),
-    Column("forks", "forks", 6),
-    Column("ok", "ok", 6),
-    Column("hung", "hung", 5),
-    Column("wrong", "wrong", 6),
-    Column("crashed", "crashed", 8),
-    Column("p50 ms", "p50_ms", 8),
-    Column("p99 ms", "p99_ms", 8),
-)
+COLUMNS = columns("path", "forks", "ok", "hung", "wrong", "crashed", "p50_ms", "p99_ms")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
