@@ -56,13 +56,13 @@ _COLUMNS = {
     for column in (
         Column("path", "path", 12),
         Column("forks", "forks", 6),
-        Column("ok", "ok", 6),
+        Column("ok", "ok", 5),
         Column("wrong", "wrong", 6),
         Column("hung", "hung", 5),
         Column("crashed", "crashed", 8),
         Column("hangs-at-exit", "hangs_at_exit", 14),
-        Column("p50 ms", "p50_ms", 8),
-        Column("p99 ms", "p99_ms", 8),
+        Column("p50 ms", "p50_ms", 9),
+        Column("p99 ms", "p99_ms", 9),
     )
 }
 
