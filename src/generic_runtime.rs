@@ -88,7 +88,8 @@ use crate::Error;
 /// module, so the extension adds no dependency.
 ///
 /// The expansion names `::pyo3_async_runtimes` (and `::pyo3` for 0.25 and 0.26), so the
-/// extension depends on them under those names, as extensions do. forksafe needs no feature for
+/// extension depends on them under those names, as extensions do (a crate that renames one puts
+/// it back with `extern crate renamed as pyo3_async_runtimes;` at its root). forksafe needs no feature for
 /// it: the `python` feature is the pyo3 0.30 bridge and must stay off in an extension on an older
 /// PyO3.
 ///
