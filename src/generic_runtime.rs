@@ -122,7 +122,7 @@ use crate::Error;
 /// Python::initialize();
 /// Python::attach(|py| -> PyResult<()> {
 ///     let event_loop = py.import("asyncio")?.call_method0("new_event_loop")?;
-///     let value = generic::run_until_complete::<ForksafeRuntime, _, _>(event_loop.clone(), async {
+///     let value = generic::run_until_complete::<ForksafeRuntime, _, _>(&event_loop, async {
 ///         // Inside the future: the task locals, kept in forksafe's task-local scope.
 ///         Python::attach(|py| generic::get_current_loop::<ForksafeRuntime>(py).map(|_| ()))?;
 ///         Ok(21 * 2)
