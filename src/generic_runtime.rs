@@ -194,6 +194,7 @@ macro_rules! generic_runtime {
 
         // The join types are the extension's own (its pyo3-async-runtimes' traits cannot be
         // implemented for forksafe's types), unnameable outside this block.
+        #[allow(unreachable_pub)]
         const _: () = {
             use ::pyo3_async_runtimes::generic;
             use ::pyo3_async_runtimes::TaskLocals;
