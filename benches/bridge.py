@@ -5,6 +5,8 @@ Variants, all driving the same trivial Rust future (yield once to tokio, return 
   hooked    a hook-based runtime (AtomicPtr reset by pthread_atfork) through
             pyo3_async_runtimes::generic + a loop restarted by os.register_at_fork
   forksafe  forksafe.testing.echo / echo_sync + forksafe.LOOP
+  generic   examples/pyo3-0.25 (pyo3 0.25): pyo3_async_runtimes::generic over
+            forksafe::generic_runtime!'s type, forksafe::block_on + forksafe.LOOP
 
 Usage: python benches/bridge.py VARIANT   (run by benches/run.py)
 """
@@ -54,6 +56,11 @@ def load(variant: str) -> tuple[Callable[[Any], Awaitable[Any]], Callable[[Any],
         import forksafe
 
         return forksafe.testing.echo, forksafe.testing.echo_sync, forksafe.LOOP
+    if variant == "generic":
+        import forksafe
+        import forksafe_pyo3_025 as g
+
+        return g.echo, g.echo_blocking, forksafe.LOOP
     import forksafe_baselines as b
 
     if variant == "plain":

@@ -21,6 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("plain", "hooked", "forksafe")
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+GENERIC_BEGIN, GENERIC_END = "<!-- BEGIN GENERIC -->", "<!-- END GENERIC -->"
 
 
 def guard_costs() -> dict[str, dict[str, float]]:
@@ -133,6 +134,49 @@ def table(costs: dict[str, dict[str, float]], runs: dict[str, dict[str, Any]]) -
     return "\n".join(lines)
 
 
+def generic_table(runs: dict[str, dict[str, Any]]) -> str:
+    """forksafe::generic_runtime! (examples/pyo3-0.25) against forksafe::python and plain."""
+    g, f, p = runs["generic"], runs["forksafe"], runs["plain"]
+    lines = [
+        "| workload | (a) plain pyo3-async-runtimes | (c) `forksafe::python` | "
+        "(g) `generic_runtime!` | (g) vs (a) | (g) vs (c) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(label: str, a: Any, c: Any, x: Any, higher: bool = True, fmt: Any = fmt_rate) -> str:
+        return (
+            f"| {label} | {fmt(a)} | {fmt(c)} | {fmt(x)} | {ratio(x, a, higher)} | "
+            f"{ratio(x, c, higher)} |"
+        )
+
+    for label, key in (
+        ("sync call through the background loop, calls/s", "sync_calls_per_s"),
+        ("sync fast path (`block_on`, GIL released), calls/s", "sync_fast_path_per_s"),
+        ("awaits in one coroutine, sequential, /s", "awaits_sequential_per_s"),
+        ("awaits, `gather` of 1,000, /s", "awaits_gather_per_s"),
+    ):
+        lines.append(row(label, p[key], f[key], g[key]))
+    key = "threads_after_1000_awaits"
+    lines.append(row("threads after 1,000 concurrent awaits", p[key], f[key], g[key], False, str))
+    for label, key in (("through the loop", "recovery_loop"), ("sync fast path", "recovery_sync")):
+        lines.append(
+            row(f"fork → first result, {label}, p99 ms", p[key]["p99_ms"], f[key]["p99_ms"],
+                g[key]["p99_ms"], False, fmt_ms)
+        )  # fmt: skip
+    lines += [
+        "",
+        f"Hung children among those forked, through the loop: (a) {p['recovery_loop']['hung']}, "
+        f"(c) {f['recovery_loop']['hung']}, (g) {g['recovery_loop']['hung']}.",
+    ]
+    return "\n".join(lines)
+
+
+def write_between(doc: Path, begin: str, end: str, text: str) -> None:
+    before, rest = doc.read_text().split(begin, 1)
+    after = rest.split(end, 1)[1]
+    doc.write_text(f"{before}{begin}\n{text}\n{end}{after}")
+
+
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -174,18 +218,19 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md and png")
     args = parser.parse_args()
     costs = guard_costs()
-    runs = {v: bridge(v) for v in VARIANTS}
+    runs = {v: bridge(v) for v in (*VARIANTS, "generic")}
     text = table(costs, runs)
     print(text)
+    generic = generic_table(runs)
+    print("\n**`generic_runtime!`** (pyo3 0.25 example)\n\n" + generic)
     (ROOT / "target").mkdir(exist_ok=True)
     (ROOT / "target" / "bench-results.json").write_text(
         json.dumps({"guard": costs, "bridge": runs}, indent=2)
     )
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"
-        before, rest = doc.read_text().split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        doc.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+        write_between(doc, BEGIN, END, text)
+        write_between(doc, GENERIC_BEGIN, GENERIC_END, generic)
         plot(runs, ROOT / "docs" / "benchmarks.png")
     return 0
 

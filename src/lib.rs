@@ -16,6 +16,8 @@
 //!   ([`GuardMode`], in about a nanosecond per access on Linux).
 //! * [`python`] (feature `python`): the PyO3 bridge for extension authors, a drop-in for
 //!   `pyo3_async_runtimes::tokio`.
+//! * [`generic_runtime!`]: for an extension on an older PyO3 (pyo3-async-runtimes 0.25 to 0.30),
+//!   a runtime type for `pyo3_async_runtimes::generic`, with no PyO3 dependency of forksafe's.
 //!
 //! The modules, in dependency order (none imports one that imports it back): `error`; `config`
 //! (the [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which
@@ -43,6 +45,7 @@
 mod config;
 mod error;
 mod fork_local;
+mod generic_runtime;
 mod guard;
 mod info;
 mod process;
@@ -68,3 +71,7 @@ pub use guard::{process_token, GuardChoice, GuardMode};
 pub use info::{process_info, ProcessInfo};
 pub use process::InheritedRuntime;
 pub use runtime::{block_on, configure, handle, runtime, spawn, spawn_blocking};
+
+/// What `generic_runtime!` expands against: not an API.
+#[doc(hidden)]
+pub use generic_runtime::__private;
