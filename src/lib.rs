@@ -17,7 +17,8 @@
 //! * [`python`] (feature `python`): the PyO3 bridge for extension authors, a drop-in for
 //!   `pyo3_async_runtimes::tokio`.
 //!
-//! The modules, in dependency order (none imports one that imports it back): `error`; `config`
+//! The modules, in dependency order (none imports one that imports it back): `error`;
+//! `publish` (a value published through one atomic pointer, without a lock); `config`
 //! (the [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which
 //! record is mine); `runtime`, `fork_local` and `info` on top; `python` last.
 //!
@@ -46,6 +47,7 @@ mod fork_local;
 mod guard;
 mod info;
 mod process;
+mod publish;
 mod runtime;
 mod sys;
 
