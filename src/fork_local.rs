@@ -115,6 +115,20 @@ impl<T> ForkLocal<T> {
     /// static ID: forksafe::ForkLocal<u32> = forksafe::ForkLocal::new(std::process::id);
     /// assert_eq!(*ID.get(), std::process::id());
     /// ```
+    ///
+    /// What does not compile, and its fix:
+    ///
+    /// ```compile_fail,E0308
+    /// let endpoint = String::from("http://127.0.0.1:9000");
+    /// // error[E0308]: expected fn pointer, found closure (it captures `endpoint`)
+    /// let client = forksafe::ForkLocal::new(move || endpoint.clone());
+    /// ```
+    ///
+    /// ```
+    /// let endpoint = String::from("http://127.0.0.1:9000");
+    /// let client = forksafe::ForkLocal::with_init(move || endpoint.clone());
+    /// assert_eq!(client.get(), "http://127.0.0.1:9000");
+    /// ```
     pub const fn new(init: fn() -> T) -> Self {
         ForkLocal {
             init: Init::Fn(init),

@@ -176,8 +176,8 @@ pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
 ///
 /// # Errors
 ///
-/// [`Error::AlreadyStarted`](crate::Error::AlreadyStarted) once this process's runtime exists
-/// (upstream silently ignores a late `init`); [`Error::InvalidConfig`](crate::Error::InvalidConfig)
+/// [`Error::AlreadyStarted`] once this process's runtime exists
+/// (upstream silently ignores a late `init`); [`Error::InvalidConfig`]
 /// for an out-of-range value.
 ///
 /// ```
