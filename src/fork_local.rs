@@ -40,6 +40,8 @@ use crate::publish::{Published, Refused};
 /// configuration, with [`ForkLocal::with_init`]: see there. An initialiser that can fail
 /// ([`ForkLocal::try_with_init`], [`ForkLocal::try_new`]) makes a `ForkLocal<T, E>` read with
 /// [`try_get`](ForkLocal::try_get); an error is returned, not cached, and the next call retries.
+/// A clone shares the initialiser, never the value: it builds its own, once per process (put the
+/// `ForkLocal` in an `Arc` to share one value between owners).
 ///
 /// # Objects built in the parent
 ///

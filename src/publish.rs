@@ -189,11 +189,17 @@ mod tests {
         }
         let dropped = Arc::new(AtomicUsize::new(0));
         let cell = Arc::new(Published::new());
+        let start = Arc::new(std::sync::Barrier::new(8));
         let winners: Vec<usize> = (0..8)
             .map(|_| {
-                let (cell, dropped) = (cell.clone(), dropped.clone());
+                let (cell, dropped, start) = (cell.clone(), dropped.clone(), start.clone());
                 std::thread::spawn(move || {
-                    let value = cell.get_or_publish(|| Counted(dropped));
+                    start.wait();
+                    let value = cell.get_or_publish(|| {
+                        // Slow enough that every thread finds the cell empty and races.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        Counted(dropped)
+                    });
                     ptr::from_ref(value) as usize
                 })
             })
@@ -204,6 +210,10 @@ mod tests {
         assert!(winners.iter().all(|&w| w == winners[0]), "{winners:?}");
         let mut cell = Arc::into_inner(cell).unwrap();
         let losers = dropped.load(Ordering::SeqCst);
+        assert!(
+            losers >= 1,
+            "no thread lost the race: the test raced nothing"
+        );
         drop(cell.take());
         assert_eq!(
             dropped.load(Ordering::SeqCst),
