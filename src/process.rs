@@ -1,6 +1,6 @@
 //! The per-process record: what one process built, and what it inherited.
 //!
-//! This is the registry of the design card. Every process that touches forksafe gets exactly one
+//! This is the registry keyed by process that docs/design.md describes. Every process that touches forksafe gets exactly one
 //! [`Process`], built by the [guard](crate::guard) on its first access and leaked: never freed,
 //! never shared with a child. A record holds:
 //!

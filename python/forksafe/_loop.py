@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._owner import PerProcess, process_token
 
@@ -121,7 +121,7 @@ class BackgroundEventLoop:
         if not finished:
             call.cancel(running.loop)
             raise TimeoutError(f"the coroutine did not finish within {timeout} s; it was cancelled")
-        return call.result()
+        return cast(T, call.result())  # _Call holds the result of a Coroutine[Any, Any, T]
 
     def __repr__(self) -> str:
         return f"<BackgroundEventLoop {self._name!r}>"

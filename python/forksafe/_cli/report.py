@@ -1,4 +1,4 @@
-"""The table and progress line shared by ``python -m forksafe check`` and ``stress``."""
+"""The table and the progress line of ``python -m forksafe check`` and ``stress``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TextIO
 
-from ._forks import KINDS, Outcome
+from .engine import KINDS, Outcome
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -19,7 +19,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[index]
 
 
-def summarise(method: str, outcomes: list[Outcome]) -> dict[str, Any]:
+def summarise(path: str, outcomes: list[Outcome]) -> dict[str, Any]:
     """One table row, counted in forks (a nested chain of depth d is d forks): how many ended
     in each of ``KINDS``, and fork->first-result percentiles (ms). A chain that stopped early
     charges the forks it never made to the failure that stopped it."""
@@ -33,7 +33,7 @@ def summarise(method: str, outcomes: list[Outcome]) -> dict[str, Any]:
     latencies = [o.latency_ms for o in outcomes if o.latency_ms is not None]
     failures = [f"{o.status}: {o.detail}" for o in outcomes if o.status != "ok"]
     return {
-        "method": method,
+        "path": path,
         "forks": sum(o.forks for o in outcomes),
         **counts,
         "children": len(outcomes),
@@ -49,6 +49,27 @@ class Column(NamedTuple):
     header: str
     key: str
     width: int
+
+
+_COLUMNS = {
+    column.key: column
+    for column in (
+        Column("path", "path", 12),
+        Column("forks", "forks", 6),
+        Column("ok", "ok", 5),
+        Column("wrong", "wrong", 6),
+        Column("hung", "hung", 5),
+        Column("crashed", "crashed", 8),
+        Column("hangs-at-exit", "hangs_at_exit", 14),
+        Column("p50 ms", "p50_ms", 9),
+        Column("p99 ms", "p99_ms", 9),
+    )
+}
+
+
+def columns(*keys: str) -> tuple[Column, ...]:
+    """The table's columns for these row keys, in this order."""
+    return tuple(_COLUMNS[key] for key in keys)
 
 
 def _cell(value: object) -> str:

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 
 import forksafe
+from forksafe import _native
 
-from . import _native
-from ._forks import FORK_PATHS, run_forks
-from ._stress import ProbeWork, warm_up
+from .engine import FORK_PATHS, run_forks
+from .probes import ProbeWork, warm_up
 
 _MEANING = {
     "wipeonfork": "the guard is a plain memory read (about 1 ns) and sees every fork path, "
@@ -33,19 +33,19 @@ def _glibc() -> str:
 
 
 def diagnose() -> dict[str, object]:
-    """Collects the report; forks one child per method to verify what it claims."""
+    """Collects the report; forks one child per path to verify what it claims."""
     warm_up()
     info = forksafe.runtime_info()
     verdicts: dict[str, str] = {}
     if info["guard"] == "nofork":
-        verdicts = {m: "not applicable (no fork() on this platform)" for m in FORK_PATHS}
+        verdicts = dict.fromkeys(FORK_PATHS, "not applicable (no fork() on this platform)")
     else:
         for outcome in run_forks(ProbeWork(), FORK_PATHS, concurrency=1, depth=2, deadline=10.0):
             ok = outcome.status == "ok"
-            verdicts[outcome.method] = "covered" if ok else f"{outcome.status}: {outcome.detail}"
-    paths = {method: verdicts[method] for method in FORK_PATHS}
+            verdicts[outcome.path] = "covered" if ok else f"{outcome.status}: {outcome.detail}"
+    paths = {name: verdicts[name] for name in FORK_PATHS}
     # A child that rebuilt its runtime and saw its own PID on a worker detected the fork.
-    verified_guard = paths["os_fork"] == "covered"
+    verified_guard = any(verdict == "covered" for verdict in paths.values())
     build = _native.build_info()
     return {
         "forksafe": forksafe.__version__,
@@ -89,8 +89,8 @@ def render(report: dict[str, object]) -> str:
         "",
         "fork paths (one real fork each):",
     ]
-    for method, verdict in report["fork_paths"].items():  # type: ignore[attr-defined]
-        lines.append(f"  {method:<12} {verdict}")
+    for name, verdict in report["fork_paths"].items():  # type: ignore[attr-defined]
+        lines.append(f"  {name:<12} {verdict}")
     lines += [
         "",
         "not covered: vfork children that do not exec (they share the parent's memory), and",
