@@ -1,11 +1,9 @@
 //! Runtime configuration: what each process's tokio runtime is built with.
 //!
-//! The configuration lives in one immutable, leaked value behind an atomic pointer, so a child
+//! The configuration lives in one immutable, leaked value behind an atomic pointer ([`Published`]), so a child
 //! reads its parent's configuration without taking any lock (invariant 3) and rebuilds with it.
 
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
-
+use crate::publish::Published;
 use crate::{Error, Result};
 
 /// How each process's tokio runtime is built. Set with [`configure`](crate::configure) before first use.
@@ -173,40 +171,19 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// The configuration in force for this lineage; null until the first `configure` or build.
-static CONFIG: AtomicPtr<RuntimeConfig> = AtomicPtr::new(ptr::null_mut());
+/// The configuration in force for this lineage; empty until the first `configure` or build.
+static CONFIG: Published<RuntimeConfig> = Published::new();
 
 /// Installs `config` for this lineage. The caller ([`configure`](crate::configure)) checks
 /// that this process has not built its runtime yet.
 pub(crate) fn set(config: RuntimeConfig) {
-    // Leaked on purpose: a child may be reading the old value; `configure` is called a handful
-    // of times at most, before first use. Release pairs with the Acquire in `current`, so a
-    // reader sees the fields of the value whose address it loads.
-    let fresh = Box::into_raw(Box::new(config));
-    CONFIG.store(fresh, Ordering::Release);
+    // The value replaced is leaked: a thread of this process may still be reading it, and
+    // `configure` is called a handful of times at most, before first use.
+    CONFIG.replace(Box::new(config));
 }
 
 /// The configuration to build with, resolving and pinning the defaults on first use so that
 /// children rebuild with exactly what their parent used.
 pub(crate) fn current() -> &'static RuntimeConfig {
-    loop {
-        let config = CONFIG.load(Ordering::Acquire);
-        // SAFETY: CONFIG only ever holds leaked, never-freed boxes.
-        if let Some(config) = unsafe { config.as_ref() } {
-            return config;
-        }
-        let defaults = Box::into_raw(Box::new(RuntimeConfig::new()));
-        if CONFIG
-            .compare_exchange(
-                ptr::null_mut(),
-                defaults,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            // SAFETY: never published, still exclusively ours.
-            drop(unsafe { Box::from_raw(defaults) });
-        }
-    }
+    CONFIG.get_or_publish(RuntimeConfig::new)
 }

@@ -1,13 +1,12 @@
 //! [`ForkLocal<T>`]: a lazily built value per process, rebuilt after fork.
 
+use std::convert::Infallible;
 use std::fmt;
-use std::marker::PhantomData;
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::guard;
 use crate::process::Process;
+use crate::publish::{Published, Refused};
 
 /// A value owned by one process: built on first use in each process, rebuilt in a child, and
 /// never dropped in a process that did not build it.
@@ -38,57 +37,104 @@ use crate::process::Process;
 /// ```
 ///
 /// A `ForkLocal` can also live in a struct field and be built from that instance's
-/// configuration, with [`ForkLocal::with_init`]: see there.
-pub struct ForkLocal<T> {
-    init: Init<T>,
-    slot: AtomicPtr<Slot<T>>,
-    _owns: PhantomData<Box<Slot<T>>>,
+/// configuration, with [`ForkLocal::with_init`]: see there. An initialiser that can fail
+/// ([`ForkLocal::try_with_init`], [`ForkLocal::try_new`]) makes a `ForkLocal<T, E>` read with
+/// [`try_get`](ForkLocal::try_get); an error is returned, not cached, and the next call retries.
+/// A clone shares the initialiser, never the value: it builds its own, once per process (put the
+/// `ForkLocal` in an `Arc` to share one value between owners).
+///
+/// # Objects built in the parent
+///
+/// Anything an extension built before a fork and uses after it (an HTTP client and its
+/// keep-alive pool, a task or handle on the parent's runtime) belongs in a `ForkLocal`. A
+/// client built once in the parent and merely *used* in a child hangs the child, or corrupts the
+/// parent's connections, although the runtime itself is per-process.
+pub struct ForkLocal<T, E = Infallible> {
+    init: Init<T, E>,
+    /// This process's slot; a child replaces an inherited one (and leaks it).
+    slot: Published<Slot<T>>,
 }
 
 /// How a process builds its value: a plain function (`const`, for statics) or a closure that
 /// captured an instance's configuration. The closure itself is plain data (copied into a child
 /// by fork like any other memory), so calling it in a child is as safe as calling the function.
-enum Init<T> {
+/// It sits in an `Arc` so that a clone shares it (never the value).
+enum Init<T, E> {
     Fn(fn() -> T),
-    Closure(Box<dyn Fn() -> T + Send + Sync>),
+    TryFn(fn() -> Result<T, E>),
+    Closure(Arc<dyn Fn() -> Result<T, E> + Send + Sync>),
 }
 
-impl<T> Init<T> {
+impl<T, E> Init<T, E> {
     #[inline]
-    fn call(&self) -> T {
+    fn call(&self) -> Result<T, E> {
         match self {
-            Init::Fn(f) => f(),
+            Init::Fn(f) => Ok(f()),
+            Init::TryFn(f) => f(),
             Init::Closure(f) => f(),
         }
     }
 }
 
-/// One process's value. `value` is a `OnceLock` created by the owning process, so only that
-/// process's threads ever wait on it.
+impl<T, E> Clone for Init<T, E> {
+    fn clone(&self) -> Self {
+        match self {
+            Init::Fn(f) => Init::Fn(*f),
+            Init::TryFn(f) => Init::TryFn(*f),
+            Init::Closure(f) => Init::Closure(f.clone()),
+        }
+    }
+}
+
+/// One process's value. `value` and `building` are created by the owning process, so only that
+/// process's threads ever wait on them (invariant 3).
 struct Slot<T> {
     owner: *const Process,
     value: OnceLock<T>,
+    /// Serialises building, so concurrent first calls build once; not held once built.
+    building: Mutex<()>,
 }
 
 // SAFETY: a ForkLocal hands out `&T` to any thread of the owning process (needs `T: Sync`) and
 // builds `T` on whichever thread asks first (needs `T: Send`); `owner` is only compared, never
-// dereferenced; the init closure is `Send + Sync` by its bound.
-unsafe impl<T: Send + Sync> Sync for ForkLocal<T> {}
-// SAFETY: moving the ForkLocal moves ownership of the owned slot and its `T`.
-unsafe impl<T: Send> Send for ForkLocal<T> {}
+// dereferenced; the init closure is `Send + Sync` by its bound; `E` is created and returned on
+// the calling thread only, never stored.
+unsafe impl<T: Send + Sync, E> Sync for ForkLocal<T, E> {}
+// SAFETY: moving the ForkLocal moves ownership of the owned slot and its `T`; the closure is
+// `Send + Sync`.
+unsafe impl<T: Send, E> Send for ForkLocal<T, E> {}
 
 impl<T> ForkLocal<T> {
     /// A value built by `init` on first use in each process. `const`, for statics.
+    ///
+    /// `init` is a function pointer, so that a `static` can hold it. A closure that captures
+    /// anything does not coerce to one, and the compiler says only "expected fn pointer, found
+    /// closure" (E0308): for a value built from captured configuration (a struct field), use
+    /// [`ForkLocal::with_init`]; for an initialiser that can fail, [`ForkLocal::try_new`] or
+    /// [`ForkLocal::try_with_init`].
     ///
     /// ```
     /// static ID: forksafe::ForkLocal<u32> = forksafe::ForkLocal::new(std::process::id);
     /// assert_eq!(*ID.get(), std::process::id());
     /// ```
+    ///
+    /// What does not compile, and its fix:
+    ///
+    /// ```compile_fail,E0308
+    /// let endpoint = String::from("http://127.0.0.1:9000");
+    /// // error[E0308]: expected fn pointer, found closure (it captures `endpoint`)
+    /// let client = forksafe::ForkLocal::new(move || endpoint.clone());
+    /// ```
+    ///
+    /// ```
+    /// let endpoint = String::from("http://127.0.0.1:9000");
+    /// let client = forksafe::ForkLocal::with_init(move || endpoint.clone());
+    /// assert_eq!(client.get(), "http://127.0.0.1:9000");
+    /// ```
     pub const fn new(init: fn() -> T) -> Self {
         ForkLocal {
             init: Init::Fn(init),
-            slot: AtomicPtr::new(ptr::null_mut()),
-            _owns: PhantomData,
+            slot: Published::new(),
         }
     }
 
@@ -98,8 +144,9 @@ impl<T> ForkLocal<T> {
     /// `init` runs once in every process that uses the value, the parent and each child, with
     /// the configuration it captured (a child runs the copy fork gave it). The value an instance
     /// built in its parent is never used nor dropped in a child. `init` itself is dropped with
-    /// the `ForkLocal`, in whichever process drops it: keep what it captures plain data
-    /// (strings, numbers, `Arc`s of plain data), never a handle to a live resource.
+    /// the `ForkLocal` (and its clones), in whichever process drops the last of them: keep what
+    /// it captures plain data (strings, numbers, `Arc`s of plain data), never a handle to a live
+    /// resource.
     ///
     /// ```
     /// use forksafe::ForkLocal;
@@ -133,9 +180,8 @@ impl<T> ForkLocal<T> {
     /// ```
     pub fn with_init(init: impl Fn() -> T + Send + Sync + 'static) -> Self {
         ForkLocal {
-            init: Init::Closure(Box::new(init)),
-            slot: AtomicPtr::new(ptr::null_mut()),
-            _owns: PhantomData,
+            init: Init::Closure(Arc::new(move || Ok(init()))),
+            slot: Published::new(),
         }
     }
 
@@ -149,16 +195,116 @@ impl<T> ForkLocal<T> {
     /// ```
     #[inline]
     pub fn get(&self) -> &T {
-        let me: *const Process = guard::current();
-        let slot = self.slot.load(Ordering::Acquire);
-        // SAFETY: slots are freed only by `Drop`, which has `&mut self`; any other slot
-        // pointer stays valid while `self` is borrowed.
-        if let Some(slot) = unsafe { slot.as_ref() } {
-            if slot.owner == me {
-                return slot.value.get_or_init(|| self.init.call());
-            }
+        match self.try_get() {
+            Ok(value) => value,
+            Err(never) => match never {},
         }
-        self.install(me).value.get_or_init(|| self.init.call())
+    }
+}
+
+impl<T, E> ForkLocal<T, E> {
+    /// A value built by `init` on first use in each process, where building can fail. `const`,
+    /// for statics; read it with [`try_get`](ForkLocal::try_get).
+    ///
+    /// ```
+    /// use forksafe::ForkLocal;
+    ///
+    /// static PORT: ForkLocal<u16, std::num::ParseIntError> = ForkLocal::try_new(|| "8080".parse());
+    /// assert_eq!(PORT.try_get().copied(), Ok(8080));
+    /// ```
+    pub const fn try_new(init: fn() -> Result<T, E>) -> Self {
+        ForkLocal {
+            init: Init::TryFn(init),
+            slot: Published::new(),
+        }
+    }
+
+    /// [`with_init`](ForkLocal::with_init) for an initialiser that can fail: read the value with
+    /// [`try_get`](ForkLocal::try_get).
+    ///
+    /// An error is **not cached**: `try_get` returns it, keeps nothing, and the next call in the
+    /// same process runs `init` again (as Python's `forksafe.fork_local` does). A value, once
+    /// built, is kept for the process. What `init` captures is dropped as for `with_init`.
+    ///
+    /// ```
+    /// use forksafe::ForkLocal;
+    ///
+    /// struct Client {
+    ///     endpoint: String,
+    /// }
+    ///
+    /// fn connect(endpoint: &str) -> Result<Client, String> {
+    ///     if endpoint.starts_with("http://") {
+    ///         Ok(Client { endpoint: endpoint.to_owned() })
+    ///     } else {
+    ///         Err(format!("not an http endpoint: {endpoint}"))
+    ///     }
+    /// }
+    ///
+    /// let endpoint = String::from("http://127.0.0.1:9000");
+    /// let client = ForkLocal::try_with_init(move || connect(&endpoint));
+    /// assert_eq!(client.try_get().unwrap().endpoint, "http://127.0.0.1:9000");
+    ///
+    /// let bad = ForkLocal::try_with_init(|| connect("ftp://example"));
+    /// assert!(bad.try_get().is_err());
+    /// assert!(bad.get_if_built().is_none()); // nothing cached: the next call retries
+    /// ```
+    pub fn try_with_init(init: impl Fn() -> Result<T, E> + Send + Sync + 'static) -> Self {
+        ForkLocal {
+            init: Init::Closure(Arc::new(init)),
+            slot: Published::new(),
+        }
+    }
+
+    /// This process's value, built on first use in this process; or the error building it
+    /// returned.
+    ///
+    /// Concurrent first calls in one process build the value once; the others wait for it (and
+    /// build again, in turn, if it failed).
+    ///
+    /// # Errors
+    ///
+    /// What the initialiser returned. It is not cached: the next call runs the initialiser
+    /// again, until it succeeds.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use forksafe::ForkLocal;
+    ///
+    /// static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+    /// static FLAKY: ForkLocal<u32, &str> = ForkLocal::try_new(|| {
+    ///     match ATTEMPTS.fetch_add(1, Ordering::SeqCst) {
+    ///         0 => Err("first attempt refused"),
+    ///         n => Ok(n),
+    ///     }
+    /// });
+    ///
+    /// assert_eq!(FLAKY.try_get(), Err("first attempt refused"));
+    /// assert_eq!(FLAKY.try_get(), Ok(&1)); // retried, then kept
+    /// assert_eq!(FLAKY.try_get(), Ok(&1));
+    /// ```
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, E> {
+        let me: *const Process = guard::current();
+        let slot = match self.slot.get() {
+            Some(slot) if slot.owner == me => slot,
+            _ => self.install(me),
+        };
+        match slot.value.get() {
+            Some(value) => Ok(value),
+            None => self.build(slot),
+        }
+    }
+
+    /// Builds this process's value under the slot's own lock (created by this process).
+    #[cold]
+    fn build<'a>(&self, slot: &'a Slot<T>) -> Result<&'a T, E> {
+        let _building = slot.building.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = slot.value.get() {
+            return Ok(value); // built while we waited
+        }
+        let value = self.init.call()?;
+        Ok(slot.value.get_or_init(|| value))
     }
 
     /// The value, if this process already built it.
@@ -171,58 +317,70 @@ impl<T> ForkLocal<T> {
     /// ```
     pub fn get_if_built(&self) -> Option<&T> {
         let me: *const Process = guard::current();
-        // SAFETY: as in `get`.
-        let slot = unsafe { self.slot.load(Ordering::Acquire).as_ref() }?;
+        let slot = self.slot.get()?;
         (slot.owner == me).then(|| slot.value.get()).flatten()
     }
 
     /// Installs an empty slot owned by `me`, forgetting (leaking) an inherited one.
     #[cold]
     fn install(&self, me: *const Process) -> &Slot<T> {
-        let fresh = Box::into_raw(Box::new(Slot {
+        let mut fresh = Box::new(Slot {
             owner: me,
             value: OnceLock::new(),
-        }));
-        let mut seen = self.slot.load(Ordering::Acquire);
+            building: Mutex::new(()),
+        });
+        let mut seen = self.slot.get();
         loop {
-            // SAFETY: as in `get`.
-            if let Some(slot) = unsafe { seen.as_ref() } {
-                if slot.owner == me {
-                    // Another thread of this process installed first.
-                    // SAFETY: `fresh` was never published.
-                    drop(unsafe { Box::from_raw(fresh) });
-                    return slot;
-                }
+            if let Some(slot) = seen.filter(|slot| slot.owner == me) {
+                // Another thread of this process installed first; `fresh` is dropped unseen.
+                return slot;
             }
-            // `seen` is null or inherited: replace it and never free it (invariant 2).
-            match self
-                .slot
-                .compare_exchange_weak(seen, fresh, Ordering::AcqRel, Ordering::Acquire)
-            {
-                // SAFETY: published; lives until `Drop`.
-                Ok(_) => return unsafe { &*fresh },
-                Err(now) => seen = now,
+            // `seen` is empty or inherited: replace it; the cell leaks it (invariant 2).
+            match self.slot.publish(seen, fresh) {
+                Ok(slot) => return slot,
+                Err(Refused { value, current }) => (fresh, seen) = (value, current),
             }
         }
     }
 }
 
-impl<T> Drop for ForkLocal<T> {
+/// A clone is a new `ForkLocal` with the same initialiser (the closure is shared, never copied):
+/// it builds **its own value**, once per process, on first use, and shares no value with the
+/// original, in the parent or in any child. To share one value between owners (one client pool
+/// for every clone of a store), put the `ForkLocal` in an `Arc` instead.
+///
+/// ```
+/// use forksafe::ForkLocal;
+///
+/// let endpoint = String::from("http://127.0.0.1:9000");
+/// let a = ForkLocal::with_init(move || (endpoint.clone(), Box::new(0u8)));
+/// let b = a.clone();
+/// assert_eq!(a.get().0, b.get().0); // the same configuration
+/// assert!(!std::ptr::eq(a.get(), b.get())); // two values
+/// ```
+impl<T, E> Clone for ForkLocal<T, E> {
+    fn clone(&self) -> Self {
+        ForkLocal {
+            init: self.init.clone(),
+            slot: Published::new(),
+        }
+    }
+}
+
+impl<T, E> Drop for ForkLocal<T, E> {
     fn drop(&mut self) {
-        let slot = *self.slot.get_mut();
-        // SAFETY: `&mut self` means no borrow of the slot is alive.
-        let Some(owner) = (unsafe { slot.as_ref() }).map(|s| s.owner) else {
+        let Some(slot) = self.slot.take() else {
             return;
         };
-        if std::ptr::eq(owner, guard::current()) {
-            // SAFETY: built by this process and no longer reachable.
-            drop(unsafe { Box::from_raw(slot) });
+        if !std::ptr::eq(slot.owner, guard::current()) {
+            // Inherited: leaked, as everything inherited is (invariant 2).
+            Box::leak(slot);
         }
-        // Otherwise inherited: leaked, as everything inherited is.
+        // Otherwise built by this process: dropped here.
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for ForkLocal<T> {
+impl<T: fmt::Debug, E> fmt::Debug for ForkLocal<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ForkLocal")
             .field("value", &self.get_if_built())

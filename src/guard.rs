@@ -29,6 +29,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::process::Process;
+use crate::publish::Published;
 pub(crate) use crate::sys::fork::getpid;
 use crate::sys::fork::{self as sys, CAN_FORK};
 
@@ -95,37 +96,49 @@ impl std::fmt::Display for GuardChoice {
     }
 }
 
-/// What `choose` decided, leaked once per lineage and inherited by children (it is immutable).
+/// What `choose` decided, published once per lineage and inherited by children (it is
+/// immutable).
 struct Choice {
     /// The wipe-on-fork page, or null in syscall mode.
-    page: *mut AtomicPtr<Process>,
+    page: *const Published<Process>,
     public: GuardChoice,
 }
 
-/// The lineage's [`Choice`]; null until the first access. Only ever moves from null to a leaked
-/// `Choice`, once, by compare-and-swap.
-///
-/// Orderings: the winning CAS is `AcqRel` and every load `Acquire`, so a thread that sees the
-/// pointer also sees the `Choice` fields written before it was published (Release half), and
-/// the losing thread sees the winner's fields (Acquire half of the failed CAS).
-static CHOICE: AtomicPtr<Choice> = AtomicPtr::new(ptr::null_mut());
+// SAFETY: `page` is null or a mapping that is never unmapped once its choice is published, and
+// is only ever accessed through the atomic cell it holds.
+unsafe impl Send for Choice {}
+// SAFETY: as above; every other field is plain data.
+unsafe impl Sync for Choice {}
 
-/// The fast path's copy of `Choice::page`: null until chosen, `syscall_mode_marker()` without a page,
-/// else the page, whose first word is an `AtomicPtr<Process>` valid forever (the page is never
-/// unmapped once published, and the mapping survives fork). Written only after `CHOICE`, with
-/// the same value every time; `Acquire` loads pair with the `Release` store.
-static PAGE: AtomicPtr<AtomicPtr<Process>> = AtomicPtr::new(ptr::null_mut());
+impl Drop for Choice {
+    /// Only a choice that lost the race to be published is ever dropped (the winner is never
+    /// taken from `CHOICE`): its page was never seen by another thread.
+    fn drop(&mut self) {
+        if !self.page.is_null() {
+            sys::unmap_page(self.page.cast_mut().cast());
+        }
+    }
+}
+
+/// The lineage's [`Choice`]; empty until the first access, then published once.
+static CHOICE: Published<Choice> = Published::new();
+
+/// The fast path's copy of `Choice::page`: null until chosen, `syscall_mode_marker()` without a
+/// page, else the page, whose first word is this process's record cell (valid forever: the page
+/// is never unmapped once published, and the mapping survives fork). Written only after
+/// `CHOICE`, with the same value every time; `Acquire` loads pair with the `Release` store.
+static PAGE: AtomicPtr<Published<Process>> = AtomicPtr::new(ptr::null_mut());
 
 /// The newest record of this lineage, in ordinary (inherited) memory. In syscall mode it is the
-/// cache the guard checks; in both modes a child reads it once to learn what it inherited.
-/// Records are published with `Release` (CAS `AcqRel`) and read with `Acquire`, so a reader sees
-/// a fully built record.
-static HEAD: AtomicPtr<Process> = AtomicPtr::new(ptr::null_mut());
+/// cache the guard checks; in both modes a child reads it once to learn what it inherited. In
+/// page mode it holds a record that the page published (see `slow_path`), so nothing ever
+/// takes from it.
+static HEAD: Published<Process> = Published::new();
 
 /// `PAGE` in syscall mode: a non-null, never dereferenced address that no mmap can return
 /// (page-aligned results only).
-fn syscall_mode_marker() -> *mut AtomicPtr<Process> {
-    ptr::dangling_mut::<AtomicPtr<Process>>()
+fn syscall_mode_marker() -> *mut Published<Process> {
+    ptr::dangling_mut::<Published<Process>>()
 }
 
 /// This process's record, built on first use in each process.
@@ -134,8 +147,7 @@ pub(crate) fn current() -> &'static Process {
     if !CAN_FORK {
         // A constant: on Unix the compiler removes this branch. Without fork there is only
         // ever one record, published in HEAD by the slow path.
-        // SAFETY: published records are never freed.
-        if let Some(record) = unsafe { HEAD.load(Ordering::Acquire).as_ref() } {
+        if let Some(record) = HEAD.get() {
             return record;
         }
         return slow_path();
@@ -143,18 +155,14 @@ pub(crate) fn current() -> &'static Process {
     // Acquire: pairs with the Release store in `choose`; what the page holds is then readable.
     let page = PAGE.load(Ordering::Acquire);
     if !page.is_null() && page != syscall_mode_marker() {
-        // SAFETY: a non-null, non-marker PAGE points at a live page-aligned AtomicPtr in a
-        // mapping that is never unmapped (see `choose`).
-        // Acquire: pairs with the publishing CAS in `slow_path`, so the record is fully built.
-        let mine = unsafe { &*page }.load(Ordering::Acquire);
-        // SAFETY: records are leaked on publication and never freed, so any pointer published
-        // in the page or in HEAD stays valid for the life of the process (and of its children).
-        if let Some(record) = unsafe { mine.as_ref() } {
+        // SAFETY: a non-null, non-marker PAGE points at the page-aligned record cell of a
+        // mapping that is never unmapped (see `choose`). Records are never taken from a cell,
+        // so what it publishes stays valid for the life of the process (and of its children).
+        if let Some(record) = unsafe { &*page }.get() {
             return record;
         }
     } else if page == syscall_mode_marker() {
-        // SAFETY: as above, published records are never freed.
-        if let Some(record) = unsafe { HEAD.load(Ordering::Acquire).as_ref() } {
+        if let Some(record) = HEAD.get() {
             if record.pid() == getpid() {
                 return record;
             }
@@ -191,114 +199,77 @@ fn slow_path() -> &'static Process {
     let page = choose().page;
     if page.is_null() {
         loop {
-            let head = HEAD.load(Ordering::Acquire);
-            // SAFETY: published records are never freed.
-            if let Some(record) = unsafe { head.as_ref() } {
-                if record.pid() == pid {
-                    return record;
-                }
+            let head = HEAD.get();
+            if let Some(record) = head.filter(|record| record.pid() == pid) {
+                return record;
             }
-            let fresh = Box::into_raw(Box::new(Process::new(pid, head)));
-            // AcqRel: Release publishes the record's fields; Acquire on failure sees the winner's.
-            match HEAD.compare_exchange(head, fresh, Ordering::AcqRel, Ordering::Acquire) {
-                // SAFETY: just published; from here on it is never freed.
-                Ok(_) => return unsafe { &*fresh },
-                // SAFETY: never published, still exclusively ours.
-                Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+            // Refused: another thread of ours published first; ours is dropped, and the loop
+            // finds the winner by its PID.
+            if let Ok(record) = HEAD.publish(head, Box::new(Process::new(pid, head))) {
+                return record;
             }
         }
     }
     // SAFETY: `choose` returns only the live, never-unmapped page (or null, handled above).
-    let slot = unsafe { &*page };
+    let slot: &'static Published<Process> = unsafe { &*page };
     loop {
-        let mine = slot.load(Ordering::Acquire);
-        // SAFETY: published records are never freed.
-        if let Some(record) = unsafe { mine.as_ref() } {
+        if let Some(record) = slot.get() {
             return record;
         }
         // Whatever HEAD holds was built before the fork that zeroed our page, or by a thread of
         // ours that lost the race below; either way it only serves as the lineage link.
-        let inherited = HEAD.load(Ordering::Acquire);
-        let fresh = Box::into_raw(Box::new(Process::new(pid, inherited)));
-        // AcqRel: Release publishes the record's fields; Acquire on failure sees the winner's.
-        match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                // Release: a child that reads HEAD sees this record whole.
-                HEAD.store(fresh, Ordering::Release);
-                // SAFETY: just published; from here on it is never freed.
-                return unsafe { &*fresh };
-            }
-            Err(_) => {
-                // SAFETY: `fresh` lost the race and was never published, so this thread still
-                // owns it exclusively.
-                drop(unsafe { Box::from_raw(fresh) });
-            }
+        let fresh = Box::new(Process::new(pid, HEAD.get()));
+        if let Ok(record) = slot.publish(None, fresh) {
+            // SAFETY: HEAD is never taken from; the record stays published in the page.
+            unsafe { HEAD.share(record) };
+            return record;
         }
     }
 }
 
 /// Picks the mode once per lineage (a child inherits its parent's choice).
 fn choose() -> &'static Choice {
-    // SAFETY: CHOICE holds null or a leaked, never-freed Choice.
-    if let Some(choice) = unsafe { CHOICE.load(Ordering::Acquire).as_ref() } {
-        return choice;
-    }
-    let requested = if CAN_FORK {
-        requested_mode()
-    } else {
-        Requested::NoFork
-    };
-    let (mode, page, reason): (GuardMode, *mut AtomicPtr<Process>, &'static str) = match requested {
-        // No page: the slow path's HEAD loop builds the one record.
-        Requested::NoFork => (
-            GuardMode::NoFork,
-            ptr::null_mut(),
-            "this platform has no fork(): every access is the same process (no page, no \
-                 system call)",
-        ),
-        Requested::Syscall => (
-            GuardMode::Syscall,
-            ptr::null_mut(),
-            "FORKSAFE_PID_CHECK=syscall",
-        ),
-        Requested::Unknown => (
-            GuardMode::Syscall,
-            ptr::null_mut(),
-            "FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or \
-                 'syscall'); using the getpid() fallback",
-        ),
-        Requested::Auto => match sys::map_wipe_on_fork_page() {
-            Ok(page) => (GuardMode::WipeOnFork, page.cast(), "MADV_WIPEONFORK page"),
-            Err(why) => (GuardMode::Syscall, ptr::null_mut(), why),
-        },
-    };
-    let fresh = Box::into_raw(Box::new(Choice {
-        page,
-        public: GuardChoice { mode, reason },
-    }));
-    // AcqRel: Release publishes the fields; Acquire on failure makes the winner's readable.
-    let choice = match CHOICE.compare_exchange(
-        ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        // SAFETY: just published; from here on it is never freed.
-        Ok(_) => unsafe { &*fresh },
-        Err(winner) => {
-            // SAFETY: `fresh` was never published, so it is still exclusively ours.
-            let lost = unsafe { Box::from_raw(fresh) };
-            if !lost.page.is_null() {
-                sys::unmap_page(lost.page.cast());
-            }
-            // SAFETY: the winner is a leaked, never-freed Choice.
-            unsafe { &*winner }
+    let choice = CHOICE.get_or_publish(|| {
+        let requested = if CAN_FORK {
+            requested_mode()
+        } else {
+            Requested::NoFork
+        };
+        let (mode, page, reason): (GuardMode, *const Published<Process>, &'static str) =
+            match requested {
+                // No page: the slow path's HEAD loop builds the one record.
+                Requested::NoFork => (
+                    GuardMode::NoFork,
+                    ptr::null(),
+                    "this platform has no fork(): every access is the same process (no page, \
+                     no system call)",
+                ),
+                Requested::Syscall => (
+                    GuardMode::Syscall,
+                    ptr::null(),
+                    "FORKSAFE_PID_CHECK=syscall",
+                ),
+                Requested::Unknown => (
+                    GuardMode::Syscall,
+                    ptr::null(),
+                    "FORKSAFE_PID_CHECK has an unknown value (expected 'auto', 'wipeonfork' or \
+                     'syscall'); using the getpid() fallback",
+                ),
+                // The page is zeroed memory: an empty cell (see `publish`).
+                Requested::Auto => match sys::map_wipe_on_fork_page() {
+                    Ok(page) => (GuardMode::WipeOnFork, page.cast(), "MADV_WIPEONFORK page"),
+                    Err(why) => (GuardMode::Syscall, ptr::null(), why),
+                },
+            };
+        Choice {
+            page,
+            public: GuardChoice { mode, reason },
         }
-    };
+    });
     let fast = if choice.page.is_null() {
         syscall_mode_marker()
     } else {
-        choice.page
+        choice.page.cast_mut()
     };
     // Release: pairs with the Acquire load in `current`. Every thread stores the same value.
     PAGE.store(fast, Ordering::Release);
@@ -313,7 +284,12 @@ enum Requested {
 }
 
 /// Reads `FORKSAFE_PID_CHECK` with libc's `getenv`, not `std::env`: std takes a process-wide
-/// lock that a parent thread inside `set_var` would hold forever in a child.
+/// lock that a parent thread inside `set_var` would hold forever in a child. The crate's one
+/// reader of the environment (`clippy.toml` disallows the others).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the one configuration reader: libc's getenv takes no lock"
+)]
 fn requested_mode() -> Requested {
     // SAFETY: the name is a NUL-terminated literal; getenv returns null or a pointer into the
     // environment, which we copy from at once.

@@ -19,7 +19,8 @@
 //! * [`generic_runtime!`]: for an extension on an older PyO3 (pyo3-async-runtimes 0.25 to 0.30),
 //!   a runtime type for `pyo3_async_runtimes::generic`, with no PyO3 dependency of forksafe's.
 //!
-//! The modules, in dependency order (none imports one that imports it back): `error`; `config`
+//! The modules, in dependency order (none imports one that imports it back): `error`;
+//! `publish` (a value published through one atomic pointer, without a lock); `config`
 //! (the [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which
 //! record is mine); `runtime`, `fork_local` and `info` on top; `python` last.
 //!
@@ -49,6 +50,7 @@ mod generic_runtime;
 mod guard;
 mod info;
 mod process;
+mod publish;
 mod runtime;
 mod sys;
 

@@ -58,14 +58,12 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    /// A record for process `pid`, whose newest inherited record is `inherited` (or null).
+    /// A record for process `pid`, whose newest inherited record is `parent` (if any).
     ///
     /// Reads the ancestors' records without locks: only their immutable fields and the
     /// atomic runtime pointer.
-    pub(crate) fn new(pid: u32, inherited: *const Process) -> Self {
+    pub(crate) fn new(pid: u32, parent: Option<&'static Process>) -> Self {
         let lineage = DashMap::with_shard_amount(LINEAGE_SHARDS);
-        // SAFETY: published records are never freed; `inherited` is null or one of them.
-        let parent = unsafe { inherited.as_ref() };
         let mut ancestor = parent;
         let mut generations_back = 1;
         while let Some(record) = ancestor {

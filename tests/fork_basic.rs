@@ -364,6 +364,10 @@ fn child_panics_are_reported_to_the_parent() {
 /// extension's host process (see tests/common/mod.rs for why): in the test process and in a
 /// forked child.
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads its switch before it forks anything"
+)]
 fn test_processes_run_without_std_stack_overflow_registry() {
     if std::env::var_os("FORKSAFE_TEST_STD_ALTSTACK").is_some() {
         println!("FORKSAFE_TEST_STD_ALTSTACK is set: std's registry is deliberately on");

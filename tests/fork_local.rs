@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -376,4 +376,159 @@ fn per_instance_fork_local_is_rebuilt_from_its_configuration() {
     assert_eq!(CONFIGURED_LOG.drops.load(Ordering::SeqCst), 0);
     drop(stores);
     assert_eq!(CONFIGURED_LOG.drops.load(Ordering::SeqCst), 2);
+}
+
+static FALLIBLE_FAIL: AtomicBool = AtomicBool::new(true);
+static FALLIBLE_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+
+/// `ForkLocal::try_with_init`: an error is returned and not cached, in the parent and in a
+/// forked child (the next call runs the initialiser again); a value, once built, is kept for
+/// its process; the child never gets the parent's value, and the parent's is untouched.
+#[test]
+fn a_fallible_init_is_retried_not_cached_in_the_parent_and_in_a_child() {
+    let parent = getpid();
+    let endpoint = String::from("http://127.0.0.1:9000");
+    let client: ForkLocal<(String, u32), String> = ForkLocal::try_with_init(move || {
+        let attempt = FALLIBLE_ATTEMPTS.fetch_add(1, Ordering::SeqCst) + 1;
+        if FALLIBLE_FAIL.load(Ordering::SeqCst) {
+            Err(format!("refused (attempt {attempt})"))
+        } else {
+            Ok((endpoint.clone(), getpid()))
+        }
+    });
+    assert_eq!(client.try_get(), Err("refused (attempt 1)".to_owned()));
+    assert!(
+        client.get_if_built().is_none(),
+        "an error must not be cached"
+    );
+    assert_eq!(client.try_get(), Err("refused (attempt 2)".to_owned()));
+    FALLIBLE_FAIL.store(false, Ordering::SeqCst);
+    let built = client.try_get().expect("the third attempt succeeds");
+    assert_eq!(built, &("http://127.0.0.1:9000".to_owned(), parent));
+    let parent_addr = built as *const (String, u32) as usize;
+    FALLIBLE_FAIL.store(true, Ordering::SeqCst);
+    assert_eq!(client.try_get().map(|v| v.1), Ok(parent), "a value is kept");
+    assert_eq!(FALLIBLE_ATTEMPTS.load(Ordering::SeqCst), 3);
+
+    let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        // FALLIBLE_FAIL is inherited as true: the child must try, fail, and retry.
+        rep.kv(
+            "first",
+            client.try_get().map_or_else(|e| e, |v| v.0.clone()),
+        );
+        rep.kv("built_after_error", client.get_if_built().is_some());
+        rep.kv(
+            "second",
+            client.try_get().map_or_else(|e| e, |v| v.0.clone()),
+        );
+        FALLIBLE_FAIL.store(false, Ordering::SeqCst);
+        let value = client
+            .try_get()
+            .expect("the child's third attempt succeeds");
+        rep.kv("built_by", value.1);
+        rep.kv("addr", value as *const (String, u32) as usize);
+        FALLIBLE_FAIL.store(true, Ordering::SeqCst);
+        rep.kv("kept", client.try_get().is_ok());
+        rep.kv("attempts", FALLIBLE_ATTEMPTS.load(Ordering::SeqCst));
+    });
+    report.assert_ok();
+    let ctx = format!("output:\n{}", report.output);
+    assert_eq!(report.value("first"), "refused (attempt 4)", "{ctx}");
+    assert_eq!(report.value("built_after_error"), "false", "{ctx}");
+    assert_eq!(report.value("second"), "refused (attempt 5)", "{ctx}");
+    assert_eq!(report.parse::<u32>("built_by"), report.pid as u32, "{ctx}");
+    assert_ne!(report.parse::<usize>("addr"), parent_addr, "{ctx}");
+    assert_eq!(report.value("kept"), "true", "{ctx}");
+    assert_eq!(report.parse::<u32>("attempts"), 6, "{ctx}");
+
+    let after = client.try_get().expect("the parent's value is still there");
+    assert_eq!(after as *const (String, u32) as usize, parent_addr);
+    assert_eq!(after.1, parent);
+    assert_eq!(
+        FALLIBLE_ATTEMPTS.load(Ordering::SeqCst),
+        3,
+        "the parent built nothing more"
+    );
+}
+
+static CLONE_LOG: DropLog = DropLog::new();
+
+/// `ForkLocal: Clone`: a clone shares the initialiser, never the value. Cloned in the parent
+/// and inherited, each instance builds its own value once per process (the parent's and the
+/// child's are distinct), a clone made in the child does the same, and dropping the clones in
+/// the child drops only the child's own values.
+#[test]
+fn a_clone_builds_its_own_value_once_per_process() {
+    let parent = getpid();
+    let endpoint = String::from("http://a:1");
+    let a = ForkLocal::with_init(move || (endpoint.clone(), CLONE_LOG.build()));
+    let b = a.clone();
+    assert_eq!(a.get().0, "http://a:1");
+    assert_eq!(b.get().0, "http://a:1");
+    let addr = |local: &ForkLocal<(String, Resource)>| local.get() as *const _ as usize;
+    let parent_addrs = (addr(&a), addr(&b));
+    assert_ne!(
+        parent_addrs.0, parent_addrs.1,
+        "a clone builds its own value"
+    );
+    assert_eq!(CLONE_LOG.inits.load(Ordering::SeqCst), 2);
+
+    let mut locals = Some((a, b));
+    let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+        let (a, b) = locals.as_ref().unwrap();
+        rep.kv("a.built_before_get", a.get_if_built().is_some());
+        rep.kv("b.built_before_get", b.get_if_built().is_some());
+        let c = b.clone();
+        for (name, local) in [("a", a), ("b", b), ("c", &c)] {
+            let (endpoint, resource) = local.get();
+            rep.kv(&format!("{name}.endpoint"), endpoint);
+            rep.kv(&format!("{name}.built_by"), resource.built_by);
+            rep.kv(&format!("{name}.addr"), addr(local));
+            assert_eq!(addr(local), addr(local), "built once");
+        }
+        drop(c);
+        drop(locals.take());
+        CLONE_LOG.report(rep, "log.");
+    });
+    report.assert_ok();
+    let child = report.pid as u32;
+    let ctx = format!("output:\n{}", report.output);
+    assert_eq!(report.value("a.built_before_get"), "false", "{ctx}");
+    assert_eq!(report.value("b.built_before_get"), "false", "{ctx}");
+    let mut child_addrs = Vec::new();
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            report.value(&format!("{name}.endpoint")),
+            "http://a:1",
+            "{ctx}"
+        );
+        assert_eq!(
+            report.parse::<u32>(&format!("{name}.built_by")),
+            child,
+            "{ctx}"
+        );
+        child_addrs.push(report.parse::<usize>(&format!("{name}.addr")));
+    }
+    child_addrs.sort_unstable();
+    child_addrs.dedup();
+    assert_eq!(child_addrs.len(), 3, "three instances, three values; {ctx}");
+    assert!(!child_addrs.contains(&parent_addrs.0) && !child_addrs.contains(&parent_addrs.1));
+    assert_eq!(
+        report.parse::<u32>("log.inits"),
+        5,
+        "2 inherited + 3 built; {ctx}"
+    );
+    assert_eq!(
+        report.parse::<u32>("log.drops"),
+        3,
+        "only its own three; {ctx}"
+    );
+    assert_eq!(report.parse::<u32>("log.drops_built_elsewhere"), 0, "{ctx}");
+
+    let (a, b) = locals.as_ref().unwrap();
+    assert_eq!((addr(a), addr(b)), parent_addrs);
+    assert_eq!(a.get().1.built_by, parent);
+    assert_eq!(CLONE_LOG.inits.load(Ordering::SeqCst), 2);
+    drop(locals);
+    assert_eq!(CLONE_LOG.drops.load(Ordering::SeqCst), 2);
 }

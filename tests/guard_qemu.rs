@@ -32,6 +32,10 @@ static LOCAL: ForkLocal<u32> = ForkLocal::new(|| {
     std::process::id()
 });
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads its switches before it forks anything"
+)]
 fn main() {
     if std::env::var_os("FORKSAFE_GUEST").is_some() {
         guest();
@@ -241,6 +245,10 @@ fn run_guest(emulator: Option<&std::path::Path>) -> Report {
     )
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads PATH before it forks anything"
+)]
 fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))

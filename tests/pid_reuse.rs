@@ -157,6 +157,17 @@ fn process_i(root: &Reporter) {
     }
 }
 
+/// `FORKSAFE_REQUIRE_NAMESPACES=1` (set by scripts/test) turns a refused `unshare` into a
+/// failure, as `FORKSAFE_REQUIRE_QEMU` does for tests/guard_qemu.rs; without it the test prints
+/// `SKIPPED` with the reason to the real stderr.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads its switch in the parent, before it forks"
+)]
+fn require_namespaces() -> bool {
+    std::env::var_os("FORKSAFE_REQUIRE_NAMESPACES").is_some_and(|v| v != "0")
+}
+
 #[test]
 fn a_grandchild_handed_an_exited_ancestors_pid_builds_its_own_runtime() {
     if syscall_mode_requested() {
@@ -197,6 +208,9 @@ fn a_grandchild_handed_an_exited_ancestors_pid_builds_its_own_runtime() {
             errno == libc::EPERM || errno == libc::EINVAL,
             "unshare failed unexpectedly: {why}"
         );
+        if require_namespaces() {
+            panic!("FORKSAFE_REQUIRE_NAMESPACES is set but the test cannot run: {why}");
+        }
         skip(
             "a_grandchild_handed_an_exited_ancestors_pid_builds_its_own_runtime",
             why,

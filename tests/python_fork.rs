@@ -197,6 +197,10 @@ fn streams(py: Python<'_>, module: &Bound<'_, PyModule>, x: u64) -> PyResult<(St
 }
 
 /// Checks one round's values for the process `pid`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads its switch in the parent, not in a child it forked"
+)]
 fn check_round(round: &Round, pid: u32, x: u64, context: &str) {
     assert_eq!(round.get("get_runtime"), (x + 1).to_string(), "{context}");
     assert_eq!(round.get("run.doubled"), (x * 2).to_string(), "{context}");

@@ -11,6 +11,8 @@
 //! travels back through that queue, so none is ever dropped off the GIL: a cancelled future's
 //! task is told to stop (not aborted) and hands its objects back the same way.
 //!
+//! Cancellation and panics are `cancel`'s; this module only carries their endings back.
+//!
 //! The wake-up, chosen per loop ([`Wake`]):
 //!
 //! * a pipe the loop watches with `add_reader` (Unix: selector loops and uvloop);
@@ -21,12 +23,7 @@
 //!   rest of the batch rides on the same wake-up. Nothing is dropped there but the call's own
 //!   temporaries, attached.
 
-use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::exceptions::{PyNotImplementedError, PyOSError};
 use pyo3::prelude::*;
@@ -35,7 +32,7 @@ use pyo3::{intern, IntoPyObjectExt};
 use pyo3_async_runtimes::err::RustPanic;
 use pyo3_async_runtimes::TaskLocals;
 
-use super::TASK_LOCALS;
+use super::cancel::Ending;
 use crate::sys::wake::Pipe;
 use crate::ForkLocal;
 
@@ -43,13 +40,44 @@ use crate::ForkLocal;
 type Outcome = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 
 /// A result on its way back to its asyncio future.
-struct Done {
+pub(super) struct Done {
     future: Py<PyAny>,
     /// Kept so the last reference to the loop is dropped here, attached, not on a tokio thread.
     _locals: TaskLocals,
     /// A future that was cancelled or panicked, with whatever Python objects it captured.
     _abandoned: Option<Box<dyn Send>>,
     outcome: Outcome,
+}
+
+impl Done {
+    /// How a task that completes `future` (on `locals`' loop) ended, ready to be pushed: a value
+    /// or error to set, a panic to raise as `RustPanic`, or nothing for a cancelled future.
+    pub(super) fn new<T>(future: Py<PyAny>, locals: TaskLocals, ending: Ending<PyResult<T>>) -> Self
+    where
+        T: for<'py> IntoPyObject<'py> + Send + 'static,
+    {
+        let (outcome, abandoned): (Outcome, _) = match ending {
+            Ending::Finished(result) => (
+                Box::new(move |py| result.and_then(|value| value.into_py_any(py))),
+                None,
+            ),
+            Ending::Panicked(message, future) => (
+                Box::new(move |_py| {
+                    Err(RustPanic::new_err(format!(
+                        "rust future panicked: {message}"
+                    )))
+                }),
+                Some(future),
+            ),
+            Ending::Cancelled(future) => (Box::new(|py| Ok(py.None())), Some(future)),
+        };
+        Done {
+            future,
+            _locals: locals,
+            _abandoned: abandoned,
+            outcome,
+        }
+    }
 }
 
 /// `(loop.call_soon_threadsafe, the loop's completer)`.
@@ -66,7 +94,7 @@ enum Wake {
 }
 
 /// The half of a completer that tokio tasks hold.
-struct Queue {
+pub(super) struct Queue {
     /// `None` once the loop is gone: late results are then dropped by their own task, attached.
     done: Mutex<Option<Vec<Done>>>,
     wake: Wake,
@@ -102,7 +130,7 @@ impl Queue {
     }
 
     /// Called by the task that finished. Wakes the loop only for the first item of a batch.
-    fn push(&self, done: Done) {
+    pub(super) fn push(&self, done: Done) {
         let mut queue = self.done.lock().unwrap_or_else(PoisonError::into_inner);
         match queue.as_mut() {
             Some(items) => {
@@ -180,91 +208,66 @@ fn settle(py: Python<'_>, done: Done) {
     }
 }
 
-/// Per-process state of the bridge. A child builds its own and never touches its parent's.
-struct Bridge {
+/// The completers of this process's loops. A child builds its own and never touches its
+/// parent's.
+struct Completers {
     /// `(weak loop, its completer)`; a handful of entries at most.
     completers: Mutex<Vec<(Py<PyWeakrefReference>, Py<Completer>)>>,
-    /// `asyncio.get_running_loop` and `contextvars.copy_context`, cached per process.
-    /// (pyo3-async-runtimes' own caches are process-global cells that block waiters while one
-    /// thread fills them: a fork at that instant would leave them blocked forever in the child.
-    /// These are set, never waited on.)
-    get_running_loop: OnceLock<Py<PyAny>>,
-    copy_context: OnceLock<Py<PyAny>>,
 }
 
-static BRIDGE: ForkLocal<Bridge> = ForkLocal::new(|| Bridge {
+static COMPLETERS: ForkLocal<Completers> = ForkLocal::new(|| Completers {
     completers: Mutex::new(Vec::new()),
-    get_running_loop: OnceLock::new(),
-    copy_context: OnceLock::new(),
 });
 
-/// Calls `module.name()`, the function cached in `cache` on first use in this process.
-fn call_cached<'py>(
-    py: Python<'py>,
-    cache: &OnceLock<Py<PyAny>>,
-    module: &str,
-    name: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    let function = match cache.get() {
-        Some(function) => function,
-        None => {
-            // Importing may release the GIL, so never block on the cell while doing it.
-            let function = py.import(module)?.getattr(name)?.unbind();
-            let _ = cache.set(function);
-            cache.get().expect("just set")
-        }
-    };
-    function.bind(py).call0()
-}
-
-/// The running asyncio loop of the calling thread (`RuntimeError` if there is none).
-pub(super) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    call_cached(
-        py,
-        &BRIDGE.get().get_running_loop,
-        "asyncio",
-        "get_running_loop",
-    )
-}
-
-/// A copy of the calling thread's current `contextvars` context.
-pub(super) fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    call_cached(
-        py,
-        &BRIDGE.get().copy_context,
-        "contextvars",
-        "copy_context",
-    )
-}
-
-fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
+/// The queue of `event_loop`'s completer in this process, made (and its wake-up set up) on the
+/// loop's first bridged future.
+pub(super) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
     let py = event_loop.py();
-    let bridge = BRIDGE.get();
+    let this_process = COMPLETERS.get();
+    // Taken out under the lock, dropped after it: closed queues' leftovers, and the strong loop
+    // references `upgrade()` returns. Without a GIL (free-threaded builds) the last reference to
+    // a loop could otherwise go away under the lock and run the loop's `__del__` there.
     let mut abandoned = Vec::new();
+    let mut upgraded = Vec::new();
+    let mut found = None;
     {
         // Held only across calls that cannot run Python code (no decref, no method call), so
         // a finaliser can never re-enter here while it is held.
-        let mut completers = bridge
+        let mut completers = this_process
             .completers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for (weak, completer) in completers.iter() {
-            if weak.bind(py).upgrade().is_some_and(|l| l.is(event_loop)) {
-                return Ok(completer.get().queue.clone());
+            if let Some(alive) = weak.bind(py).upgrade() {
+                let same = alive.is(event_loop);
+                upgraded.push(alive);
+                if same {
+                    found = Some(completer.get().queue.clone());
+                    break;
+                }
             }
         }
-        // A loop we have not seen: forget the completers of loops that died.
-        completers.retain(|(weak, completer)| {
-            let alive = weak.bind(py).upgrade().is_some();
-            if !alive {
-                abandoned.push(completer.get().queue.close());
-            }
-            alive
-        });
+        if found.is_none() {
+            // A loop we have not seen: forget the completers of loops that died.
+            completers.retain(|(weak, completer)| match weak.bind(py).upgrade() {
+                Some(alive) => {
+                    upgraded.push(alive);
+                    true
+                }
+                None => {
+                    abandoned.push(completer.get().queue.close());
+                    false
+                }
+            });
+        }
     }
-    drop(abandoned); // dropped attached, outside the lock
-                     // Only the thread running this loop calls here for it, so registering after add_reader
-                     // cannot race.
+    drop(upgraded); // attached, outside the lock
+    drop(abandoned);
+    if let Some(queue) = found {
+        return Ok(queue);
+    }
+    // Only the thread running this loop calls here for it, so registering after add_reader
+    // cannot race.
     let (queue, completer) = match watched_queue(event_loop)? {
         Some(watched) => watched,
         None => {
@@ -278,7 +281,7 @@ fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
         }
     };
     let weak = PyWeakrefReference::new(event_loop)?.unbind();
-    bridge
+    this_process
         .completers
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -312,176 +315,4 @@ fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<(Arc<Queue>, 
         Err(err) if err.is_instance_of::<PyNotImplementedError>(py) => Ok(None),
         Err(err) => Err(err),
     }
-}
-
-/// Set by the Python future's done-callback when it is cancelled; the task stops at its next
-/// poll and hands its objects back through the queue.
-#[pyclass(frozen)]
-struct CancelOnDone {
-    cancelled: Arc<Cancel>,
-}
-
-#[derive(Default)]
-struct Cancel {
-    flag: AtomicBool,
-    waker: Mutex<Option<std::task::Waker>>,
-}
-
-#[pymethods]
-impl CancelOnDone {
-    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        if future
-            .call_method0(intern!(future.py(), "cancelled"))?
-            .is_truthy()?
-        {
-            self.cancelled.flag.store(true, Ordering::Release);
-            let waker = self
-                .cancelled
-                .waker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Runs the user's future until it finishes, panics, or Python cancels it.
-struct Guarded<F> {
-    inner: Option<Pin<Box<F>>>,
-    cancel: Arc<Cancel>,
-}
-
-enum Ending<T> {
-    Finished(T),
-    /// The panic message, and the future, to be dropped attached.
-    Panicked(String, Box<dyn Send>),
-    /// The future, to be dropped attached.
-    Cancelled(Box<dyn Send>),
-}
-
-impl<F: Future + Send + 'static> Guarded<F> {
-    /// Takes the unfinished future out, to be dropped attached with its Python objects.
-    fn abandon(&mut self) -> Box<dyn Send> {
-        match self.inner.take() {
-            Some(future) => Box::new(future),
-            None => Box::new(()),
-        }
-    }
-}
-
-impl<F: Future + Send + 'static> Future for Guarded<F> {
-    type Output = Ending<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Pending; // polled after completion: never happens inside our task
-        };
-        if !this.cancel.flag.load(Ordering::Acquire) {
-            *this
-                .cancel
-                .waker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
-        }
-        if this.cancel.flag.load(Ordering::Acquire) {
-            return Poll::Ready(Ending::Cancelled(this.abandon()));
-        }
-        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(Poll::Ready(value)) => {
-                this.inner = None; // finished: holds nothing any more
-                Poll::Ready(Ending::Finished(value))
-            }
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                Poll::Ready(Ending::Panicked(message, this.abandon()))
-            }
-        }
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic payload".to_owned())
-}
-
-/// [`future_into_py`](super::future_into_py) with explicit task locals (the loop to complete
-/// on), like `pyo3_async_runtimes::tokio::future_into_py_with_locals`.
-///
-/// # Errors
-///
-/// `OSError` if the runtime or the loop's wake pipe cannot be made; whatever the loop raises
-/// from `create_future`, `add_done_callback` or `add_reader` (except `NotImplementedError`
-/// from `add_reader`: such a loop is woken with `call_soon_threadsafe`).
-///
-/// ```
-/// use pyo3::prelude::*;
-/// use pyo3_async_runtimes::TaskLocals;
-///
-/// #[pyfunction]
-/// fn answer_on<'py>(event_loop: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-///     let py = event_loop.py();
-///     forksafe::python::future_into_py_with_locals(py, TaskLocals::new(event_loop), async { Ok(42) })
-/// }
-/// ```
-pub fn future_into_py_with_locals<F, T>(
-    py: Python<'_>,
-    locals: TaskLocals,
-    fut: F,
-) -> PyResult<Bound<'_, PyAny>>
-where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'py> IntoPyObject<'py> + Send + 'static,
-{
-    let runtime = crate::runtime().map_err(super::to_py_err)?;
-    let event_loop = locals.event_loop(py);
-    let queue = queue_for(&event_loop)?;
-    let py_future = event_loop.call_method0(intern!(py, "create_future"))?;
-    let cancel = Arc::new(Cancel::default());
-    py_future.call_method1(
-        intern!(py, "add_done_callback"),
-        (CancelOnDone {
-            cancelled: cancel.clone(),
-        },),
-    )?;
-    let future = py_future.clone().unbind();
-    let keep = locals.clone();
-    let guarded = Guarded {
-        inner: Some(Box::pin(fut)),
-        cancel,
-    };
-    runtime.spawn(async move {
-        let scoped = TASK_LOCALS.scope(std::cell::OnceCell::from(locals), guarded);
-        let ending = scoped.await;
-        let (outcome, abandoned): (Outcome, _) = match ending {
-            Ending::Finished(result) => (
-                Box::new(move |py| result.and_then(|value| value.into_py_any(py))),
-                None,
-            ),
-            Ending::Panicked(message, future) => (
-                Box::new(move |_py| {
-                    Err(RustPanic::new_err(format!(
-                        "rust future panicked: {message}"
-                    )))
-                }),
-                Some(future),
-            ),
-            Ending::Cancelled(future) => (Box::new(|py| Ok(py.None())), Some(future)),
-        };
-        queue.push(Done {
-            future,
-            _locals: keep,
-            _abandoned: abandoned,
-            outcome,
-        });
-    });
-    Ok(py_future)
 }

@@ -1,141 +1,88 @@
-//! The loop and `contextvars` context a bridged task belongs to ([`TaskLocals`]), as in
-//! `pyo3_async_runtimes::tokio`: [`get_current_loop`], [`get_current_locals`], [`scope`] and
-//! [`scope_local`].
+//! Which loop and `contextvars` context a bridged task belongs to ([`TaskLocals`]).
 //!
-//! Task locals live in a tokio task-local, which belongs to the task that set it: nothing here
-//! reads a thread-local a forking thread could carry into a child (invariant 7).
+//! Inside a bridged task they are the task's own, in a tokio task-local (`generic::TASK_LOCALS`),
+//! which belongs to the task that set it: nothing here reads a thread-local a forking thread could
+//! carry into a child (invariant 7). Outside one they are the calling thread's running loop and
+//! a copy of its current context, through `asyncio.get_running_loop` and
+//! `contextvars.copy_context`, cached per process ([`Callables`]).
 
-use std::cell::OnceCell;
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::OnceLock;
 
 use pyo3::prelude::*;
-use pyo3_async_runtimes::generic::{ContextExt, LocalContextExt, SpawnLocalExt};
+use pyo3_async_runtimes::generic::ContextExt;
 use pyo3_async_runtimes::TaskLocals;
 
-use super::{completion, ForksafeRuntime, TaskHandle, TASK_LOCALS};
+use super::ForksafeRuntime;
+use crate::ForkLocal;
 
-impl SpawnLocalExt for ForksafeRuntime {
-    /// Spawns onto the current `tokio::task::LocalSet` (panics outside one, as tokio does).
-    fn spawn_local<F>(fut: F) -> Self::JoinHandle
-    where
-        F: Future<Output = ()> + 'static,
-    {
-        TaskHandle(Ok(tokio::task::spawn_local(fut)))
-    }
+/// The Python callables the task locals come from, imported once per process.
+///
+/// pyo3-async-runtimes' own caches are process-global cells that block waiters while one thread
+/// fills them: a fork at that instant would leave them blocked forever in the child. These are
+/// set, never waited on, and a child imports its own.
+struct Callables {
+    get_running_loop: OnceLock<Py<PyAny>>,
+    copy_context: OnceLock<Py<PyAny>>,
 }
 
-impl LocalContextExt for ForksafeRuntime {
-    fn scope_local<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R>>>
-    where
-        F: Future<Output = R> + 'static,
-    {
-        Box::pin(TASK_LOCALS.scope(OnceCell::from(locals), fut))
-    }
+static CALLABLES: ForkLocal<Callables> = ForkLocal::new(|| Callables {
+    get_running_loop: OnceLock::new(),
+    copy_context: OnceLock::new(),
+});
+
+/// Calls `module.name()`, the function cached in `cache` on first use in this process.
+fn call_cached<'py>(
+    py: Python<'py>,
+    cache: &OnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let function = match cache.get() {
+        Some(function) => function,
+        None => {
+            // Importing may release the GIL, so never block on the cell while doing it.
+            let function = py.import(module)?.getattr(name)?.unbind();
+            let _ = cache.set(function);
+            cache.get().expect("just set")
+        }
+    };
+    function.bind(py).call0()
 }
 
-/// Runs `fut` with `locals` as its task locals: inside it, [`get_current_loop`],
-/// [`get_current_locals`], [`future_into_py`](super::future_into_py) and
-/// [`into_future`](super::into_future) use that loop and context.
-///
-/// Same signature as `pyo3_async_runtimes::tokio::scope`.
-///
-/// ```
-/// use pyo3::prelude::*;
-/// use pyo3_async_runtimes::TaskLocals;
-///
-/// Python::initialize();
-/// let event_loop: Py<PyAny> = Python::attach(|py| {
-///     py.import("asyncio")?.call_method0("new_event_loop").map(Bound::unbind)
-/// })
-/// .unwrap();
-/// let locals = Python::attach(|py| TaskLocals::new(event_loop.bind(py).clone()));
-/// let same = forksafe::block_on(forksafe::python::scope(locals, async move {
-///     Python::attach(|py| {
-///         forksafe::python::get_current_loop(py).map(|l| l.is(event_loop.bind(py)))
-///     })
-/// }))
-/// .unwrap()
-/// .unwrap();
-/// assert!(same);
-/// ```
-pub async fn scope<F, R>(locals: TaskLocals, fut: F) -> R
-where
-    F: Future<Output = R> + Send + 'static,
-{
-    ForksafeRuntime::scope(locals, fut).await
+/// The running asyncio loop of the calling thread (`RuntimeError` if there is none).
+pub(super) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let cache = &CALLABLES.get().get_running_loop;
+    call_cached(py, cache, "asyncio", "get_running_loop")
 }
 
-/// [`scope`] for a `!Send` future (run it on a `tokio::task::LocalSet`).
-///
-/// Same signature as `pyo3_async_runtimes::tokio::scope_local`.
-///
-/// ```
-/// use std::rc::Rc;
-/// use pyo3::prelude::*;
-/// use pyo3_async_runtimes::TaskLocals;
-///
-/// Python::initialize();
-/// let locals = Python::attach(|py| -> PyResult<TaskLocals> {
-///     let event_loop = py.import("asyncio")?.call_method0("new_event_loop")?;
-///     Ok(TaskLocals::new(event_loop))
-/// })
-/// .unwrap();
-/// let not_send = Rc::new(7);
-/// let seven = forksafe::block_on(forksafe::python::scope_local(locals, async move { *not_send }));
-/// assert_eq!(seven.unwrap(), 7);
-/// ```
-pub async fn scope_local<F, R>(locals: TaskLocals, fut: F) -> R
-where
-    F: Future<Output = R> + 'static,
-{
-    ForksafeRuntime::scope_local(locals, fut).await
+/// A copy of the calling thread's current `contextvars` context.
+pub(super) fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    call_cached(
+        py,
+        &CALLABLES.get().copy_context,
+        "contextvars",
+        "copy_context",
+    )
 }
 
-/// The asyncio loop of the current task: the task locals' loop inside a bridged future or a
-/// [`scope`], otherwise the calling thread's running loop.
-///
-/// Same signature as `pyo3_async_runtimes::tokio::get_current_loop`.
-///
-/// # Errors
-///
-/// `RuntimeError` when called outside a bridged task by a thread with no running loop.
-///
-/// ```
-/// use pyo3::prelude::*;
-///
-/// Python::initialize();
-/// Python::attach(|py| {
-///     // No running loop on this thread, and not inside a bridged task.
-///     assert!(forksafe::python::get_current_loop(py).is_err());
-/// });
-/// ```
-pub fn get_current_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    match ForksafeRuntime::get_task_locals() {
+/// The current task's locals, if the caller runs inside a bridged task or a `scope`.
+pub(super) fn of_task() -> Option<TaskLocals> {
+    ForksafeRuntime::get_task_locals()
+}
+
+/// The current task's loop, or else the calling thread's running loop.
+pub(super) fn current_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    match of_task() {
         Some(locals) => Ok(locals.event_loop(py)),
-        None => completion::running_loop(py),
+        None => running_loop(py),
     }
 }
 
-/// The task locals of the current task, or else the calling thread's running loop with a copy
-/// of the current `contextvars` context (as `pyo3_async_runtimes::tokio::get_current_locals`).
-///
-/// # Errors
-///
-/// `RuntimeError` when called outside a bridged task by a thread with no running loop.
-///
-/// ```
-/// use pyo3::prelude::*;
-///
-/// Python::initialize();
-/// Python::attach(|py| {
-///     assert!(forksafe::python::get_current_locals(py).is_err());
-/// });
-/// ```
-pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
-    match ForksafeRuntime::get_task_locals() {
+/// The current task's locals, or else the calling thread's running loop with a copy of its
+/// current context.
+pub(super) fn current(py: Python<'_>) -> PyResult<TaskLocals> {
+    match of_task() {
         Some(locals) => Ok(locals),
-        None => Ok(TaskLocals::new(completion::running_loop(py)?)
-            .with_context(completion::copy_context(py)?)),
+        None => Ok(TaskLocals::new(running_loop(py)?).with_context(copy_context(py)?)),
     }
 }

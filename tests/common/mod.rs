@@ -64,6 +64,10 @@ extern "C" fn restore_default_and_return(
 }
 
 #[cfg(target_os = "linux")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "runs before main, single-threaded: no lock and no other thread to hold one"
+)]
 extern "C" fn keep_std_stack_overflow_registry_off() {
     // SAFETY: runs single-threaded before main; getenv and sigaction have no other
     // preconditions, and the sigaction struct is fully initialised.
@@ -661,6 +665,10 @@ pub fn wait_with_deadline(pid: pid_t, deadline: Duration) -> Option<i32> {
 /// What the threads of a hung process and of its descendants are doing: name, scheduler state,
 /// the system call each is blocked in, and its kernel wait channel; then, if `gdb` and gdb is
 /// installed (and `FORKSAFE_TEST_NO_GDB` is unset), every thread's user-space backtrace.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the parent reads its switch after the child hung, never in a forked child"
+)]
 pub fn describe_hung_tree(pid: pid_t, gdb: bool) -> String {
     let mut text = String::from("--- threads of the hung process and its descendants ---\n");
     let mut pending = vec![pid];
@@ -896,11 +904,19 @@ pub fn join_or_resume<T>(handle: std::thread::JoinHandle<T>) -> T {
 // ---------------------------------------------------------------------------------------------
 
 /// True when the suite runs with `FORKSAFE_PID_CHECK=syscall`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads its switch; the library never reads the environment this way"
+)]
 pub fn syscall_mode_requested() -> bool {
     std::env::var("FORKSAFE_PID_CHECK").as_deref() == Ok("syscall")
 }
 
 /// The guard mode `process_info().guard` must report on this machine (Linux >= 4.14).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test harness reads its switch; the library never reads the environment this way"
+)]
 pub fn expected_guard() -> &'static str {
     match std::env::var("FORKSAFE_PID_CHECK").as_deref() {
         Err(_) | Ok("") | Ok("auto") | Ok("wipeonfork") => "wipeonfork",

@@ -114,7 +114,7 @@ def _exit_without_report() -> None:
     os._exit(3)
 
 
-def test_detector_reports_a_childs_exception() -> None:
+def test_detector_reports_an_exception_raised_in_the_child() -> None:
     v = forkutil.new_value("raise")
     outcome = forkutil.spawn_child(_raise_in_child, v)
     assert not outcome.ok and not outcome.hung

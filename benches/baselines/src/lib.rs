@@ -21,6 +21,10 @@ extern "C" fn forget_runtime_in_child() {
     HOOKED.store(std::ptr::null_mut(), Ordering::SeqCst);
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the hook-based baseline forksafe is measured against, built as such runtimes are"
+)]
 fn hooked_runtime() -> &'static TokioRuntime {
     HOOK_REGISTERED.call_once(|| {
         // SAFETY: registering a child handler that only performs an atomic store.

@@ -179,6 +179,10 @@ mod tests {
     /// without `parking_lot`, and `TOKIO_FEATURES` (what `doctor` reports) is what cargo
     /// resolves for the shipped wheel (no `test-hooks`).
     #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a unit test reads the CARGO cargo sets; nothing forks"
+    )]
     fn tokio_features_are_what_cargo_resolves_and_nothing_process_global() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
