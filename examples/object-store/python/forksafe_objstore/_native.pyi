@@ -1,5 +1,13 @@
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Literal
+
+Connector = Literal["fork-local", "spawned", "reqwest", "fork-local-store"]
+"""How each process gets the store's HTTP client: forksafe's ForkLocalConnector (the default),
+its SpawnedConnector, object_store's plain ReqwestConnector (the negative control: a child
+inherits the parent's pool), or the whole store in a per-instance ForkLocal (the recipe for
+clients with no connector hook)."""
+
+ObjectStoreVersion = Literal["0.13", "0.14"]
 
 CONTROL: bool
 """True only in the negative-control build (never shipped)."""
@@ -19,6 +27,9 @@ class Store:
         secret_access_key: str,
         region: str = "us-east-1",
         allow_http: bool = True,
+        connector: Connector = "fork-local",
+        object_store: ObjectStoreVersion = "0.14",
+        metadata_endpoint: str | None = None,
     ) -> Store: ...
     def get(self, key: str) -> Awaitable[bytes]: ...
     def put(self, key: str, data: bytes) -> Awaitable[None]: ...
@@ -30,7 +41,13 @@ class Store:
     def bucket(self) -> str: ...
     @property
     def endpoint(self) -> str: ...
-    def __reduce__(self) -> tuple[Any, tuple[str, str, str, str, str, bool]]: ...
+    @property
+    def connector(self) -> Connector: ...
+    @property
+    def object_store(self) -> ObjectStoreVersion: ...
+    def __reduce__(
+        self,
+    ) -> tuple[Any, tuple[str, str, str, str, str, bool, str, str, str | None]]: ...
     @staticmethod
     def _rebuild(
         bucket: str,
@@ -39,6 +56,9 @@ class Store:
         secret_access_key: str,
         region: str,
         allow_http: bool,
+        connector: Connector = "fork-local",
+        object_store: ObjectStoreVersion = "0.14",
+        metadata_endpoint: str | None = None,
     ) -> Store: ...
 
 def _process_info() -> dict[str, Any] | None: ...
