@@ -11,6 +11,13 @@ Run through ``scripts/bench`` (which builds and installs the example's wheel), o
    its first object (CLOCK_MONOTONIC is system-wide on Linux), fork against spawn.
 3. The parent alone reading all 1,000 objects one after another: ``get_sync`` against
    ``await get`` through ``forksafe.run``.
+4. Where a fork worker's first object goes, per object_store minor: one fork worker at a time
+   (median of ``PROBES``), from ``Process.start()`` to the worker's code, then its forksafe
+   runtime's build, one HTTP client's build (object_store's ``ReqwestConnector``, as the
+   connector builds this process's), the first ``get_sync`` of a 1 KiB object (the connector's
+   client build, a new connection, the request) and a second one on the same connection (the
+   request alone). The first request minus the client build and the second request is the
+   connection.
 
 moto is a Python server: it, not the client, sets the ceiling on absolute figures; the ratios
 are what this measures. With ``--write`` the table replaces the generated block of
@@ -33,11 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "object-store" / "tests"))
 
 import forksafe  # noqa: E402
+import forksafe_objstore  # noqa: E402
 import objdata  # noqa: E402
-from forksafe_objstore import ObjectDataset  # noqa: E402
+from forksafe_objstore import ObjectDataset, Store  # noqa: E402
 
 WORKERS = 4
 ROUNDS = 3
+PROBES = 15
+VERSIONS = ("0.13", "0.14")
 BEGIN, END = "<!-- BEGIN OBJSTORE -->", "<!-- END OBJSTORE -->"
 
 
@@ -75,6 +85,75 @@ def workers(method: str, dataset: ObjectDataset) -> dict[str, float]:
         "mb_s": nbytes / elapsed / 1e6,
         "first_ms": statistics.median((r[1] - start) * 1e3 for r in results),
     }
+
+
+def _probe(store: Store, keys: list[str], version: str, queue: Any) -> None:
+    """In a fresh fork worker: the first object's time, phase by phase."""
+    marks = [time.monotonic()]
+    forksafe_objstore._build_runtime()
+    marks.append(time.monotonic())
+    forksafe_objstore._build_client(version)  # type: ignore[arg-type]
+    marks.append(time.monotonic())
+    store.get_sync(keys[0])
+    marks.append(time.monotonic())
+    store.get_sync(keys[1])
+    marks.append(time.monotonic())
+    queue.put(marks)
+
+
+def breakdown(data: objdata.DataSet, version: str) -> dict[str, float]:
+    """Median ms of each phase of a fork worker's first object (one worker at a time)."""
+    store = Store.s3(objdata.BUCKET, **data.config, object_store=version)
+    objdata.read_sync(store, data.sample(4))  # the parent's pool is warm, as in a DataLoader
+    small = sorted(data.keys, key=lambda k: data.sizes[k])[:2]
+    ctx = multiprocessing.get_context("fork")
+    phases: dict[str, list[float]] = {
+        k: [] for k in ("start", "runtime", "client", "first", "second", "total")
+    }
+    for _ in range(PROBES):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_probe, args=(store, small, version, queue))
+        start = time.monotonic()
+        proc.start()
+        entered, runtime, client, first, second = queue.get(timeout=60)
+        proc.join(timeout=60)
+        assert proc.exitcode == 0, (version, proc.exitcode)
+        phases["start"].append(entered - start)
+        phases["runtime"].append(runtime - entered)
+        phases["client"].append(client - runtime)
+        phases["first"].append(first - client)
+        phases["second"].append(second - first)
+        phases["total"].append(second - start)
+    return {k: statistics.median(v) * 1e3 for k, v in phases.items()}
+
+
+def breakdown_table(b: dict[str, dict[str, float]]) -> str:
+    heads = " | ".join(f"object_store {v}, ms" for v in b)
+    lines = [
+        f"A fork worker's first object, phase by phase (one worker at a time, median of "
+        f"{PROBES}; 1 KiB objects):",
+        "",
+        f"| phase | {heads} |",
+        "|---|" + "---:|" * len(b),
+    ]
+    rows = [
+        ("`Process.start()` to the worker's code (fork, multiprocessing)", lambda p: p["start"]),
+        ("forksafe runtime build", lambda p: p["runtime"]),
+        ("HTTP client build (`ReqwestConnector`)", lambda p: p["client"]),
+        ("first `get_sync`: client build + connection + request", lambda p: p["first"]),
+        (
+            "of which the connection (first - client - second)",
+            lambda p: p["first"] - p["client"] - p["second"],
+        ),
+        ("second `get_sync`: the request alone", lambda p: p["second"]),
+        (
+            "first object without the probes (start + runtime + first)",
+            lambda p: p["start"] + p["runtime"] + p["first"],
+        ),
+    ]
+    for name, value in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{value(p):.2f}" for p in b.values()) + " |")
+    return "\n".join(lines)
 
 
 async def _get_all(store: Any, keys: list[str]) -> int:
@@ -143,9 +222,10 @@ def main() -> int:
             runs["sync"].append(parent(store, data.keys, "sync"))
             runs["run"].append(parent(store, data.keys, "run"))
         total_mb = sum(data.sizes.values()) / 1e6
+        phases = {version: breakdown(data, version) for version in VERSIONS}
     finally:
         server.stop()
-    text = table({k: best(v) for k, v in runs.items()}, total_mb)
+    text = table({k: best(v) for k, v in runs.items()}, total_mb) + "\n\n" + breakdown_table(phases)
     print(text)
     if args.write:
         doc = ROOT / "docs" / "benchmarks.md"

@@ -664,6 +664,46 @@ fn _process_info(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
     Ok(Some(dict))
 }
 
+/// Benchmark probe (benches/objstore.py): builds this process's forksafe runtime if it is not
+/// built yet, so the first request's time can be split into its parts.
+#[pyfunction]
+fn _build_runtime(py: Python<'_>) -> PyResult<()> {
+    if cfg!(feature = "control") {
+        return Ok(());
+    }
+    py.detach(forksafe::runtime)
+        .map(|_| ())
+        .map_err(forksafe::python::to_py_err)
+}
+
+/// Benchmark probe: builds and drops one HTTP client the way the connector builds a process's
+/// client (object_store's `ReqwestConnector` with the example's client options).
+#[pyfunction]
+fn _build_client(py: Python<'_>, object_store: &str) -> PyResult<()> {
+    let version = Version::parse(object_store)?;
+    py.detach(|| {
+        let built = match version {
+            Version::V0_13 => {
+                use object_store_0_13::client::{HttpConnector, ReqwestConnector};
+                let options = object_store_0_13::ClientOptions::new().with_allow_http(true);
+                ReqwestConnector::default()
+                    .connect(&options)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Version::V0_14 => {
+                use object_store_0_14::client::{HttpConnector, ReqwestConnector};
+                let options = object_store_0_14::ClientOptions::new().with_allow_http(true);
+                ReqwestConnector::default()
+                    .connect(&options)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        built.map_err(|e| client_error("", e))
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // object_store 0.14's rustls provider: once per lineage, plain data (a child inherits it).
@@ -686,6 +726,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<EndpointUnreachableError>(),
     )?;
     m.add_function(wrap_pyfunction!(_process_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_build_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(_build_client, m)?)?;
     m.add("CONTROL", cfg!(feature = "control"))?;
     Ok(())
 }
