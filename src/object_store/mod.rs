@@ -18,8 +18,13 @@
 //!   `SpawnedReqwestConnector` without a handle captured at build time.
 //!
 //! One module per object_store minor, each behind its own cargo feature (off by default):
-//! `object-store-0-13` and `object-store-0-14`. Both need object_store's minimum Rust (1.85 for
-//! 0.13.2 and 0.14.2), the same as forksafe's.
+//! `object-store-0-13` and `object-store-0-14`. object_store 0.13.2 and 0.14.2 declare Rust 1.85,
+//! forksafe's own minimum, but the newest releases of their dependencies need Rust 1.88 (the
+//! `icu_*` 2.4 crates, through `url`): with an older compiler, pin those in your lock file. 0.14's
+//! reqwest needs a TLS backend to compile: the feature asks for rustls without a crypto provider
+//! (`rustls-no-provider`); object_store's own `aws`/`gcp`/`azure`/`http` features bring
+//! aws-lc-rs, or install a provider (`rustls::crypto::ring::default_provider().install_default()`)
+//! before a store sends its first request.
 //!
 //! ```
 //! # #[cfg(feature = "object-store-0-14")] {
