@@ -47,7 +47,11 @@ from forksafe_objstore import ObjectDataset, Store  # noqa: E402
 WORKERS = 4
 ROUNDS = 3
 PROBES = 15
-VERSIONS = ("0.13", "0.14")
+BUILDS = {
+    "object_store 0.13": ("0.13", "per-process"),
+    "0.14, system roots read per process": ("0.14", "per-process"),
+    "0.14, roots inherited": ("0.14", "inherited"),
+}
 BEGIN, END = "<!-- BEGIN OBJSTORE -->", "<!-- END OBJSTORE -->"
 
 
@@ -87,12 +91,12 @@ def workers(method: str, dataset: ObjectDataset) -> dict[str, float]:
     }
 
 
-def _probe(store: Store, keys: list[str], version: str, queue: Any) -> None:
+def _probe(store: Store, keys: list[str], queue: Any) -> None:
     """In a fresh fork worker: the first object's time, phase by phase."""
     marks = [time.monotonic()]
-    forksafe_objstore._build_runtime()
+    forksafe_objstore._native._build_runtime()
     marks.append(time.monotonic())
-    forksafe_objstore._build_client(version)  # type: ignore[arg-type]
+    forksafe_objstore._native._build_client(store)
     marks.append(time.monotonic())
     store.get_sync(keys[0])
     marks.append(time.monotonic())
@@ -101,9 +105,9 @@ def _probe(store: Store, keys: list[str], version: str, queue: Any) -> None:
     queue.put(marks)
 
 
-def breakdown(data: objdata.DataSet, version: str) -> dict[str, float]:
+def breakdown(data: objdata.DataSet, version: str, roots: str) -> dict[str, float]:
     """Median ms of each phase of a fork worker's first object (one worker at a time)."""
-    store = Store.s3(objdata.BUCKET, **data.config, object_store=version)
+    store = Store.s3(objdata.BUCKET, **data.config, object_store=version, roots=roots)
     objdata.read_sync(store, data.sample(4))  # the parent's pool is warm, as in a DataLoader
     small = sorted(data.keys, key=lambda k: data.sizes[k])[:2]
     ctx = multiprocessing.get_context("fork")
@@ -112,12 +116,12 @@ def breakdown(data: objdata.DataSet, version: str) -> dict[str, float]:
     }
     for _ in range(PROBES):
         queue = ctx.Queue()
-        proc = ctx.Process(target=_probe, args=(store, small, version, queue))
+        proc = ctx.Process(target=_probe, args=(store, small, queue))
         start = time.monotonic()
         proc.start()
         entered, runtime, client, first, second = queue.get(timeout=60)
         proc.join(timeout=60)
-        assert proc.exitcode == 0, (version, proc.exitcode)
+        assert proc.exitcode == 0, (version, roots, proc.exitcode)
         phases["start"].append(entered - start)
         phases["runtime"].append(runtime - entered)
         phases["client"].append(client - runtime)
@@ -128,7 +132,7 @@ def breakdown(data: objdata.DataSet, version: str) -> dict[str, float]:
 
 
 def breakdown_table(b: dict[str, dict[str, float]]) -> str:
-    heads = " | ".join(f"object_store {v}, ms" for v in b)
+    heads = " | ".join(f"{v}, ms" for v in b)
     lines = [
         f"A fork worker's first object, phase by phase (one worker at a time, median of "
         f"{PROBES}; 1 KiB objects):",
@@ -206,6 +210,9 @@ def table(r: dict[str, dict[str, float]], total_mb: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--breakdown-only", action="store_true", help="only the first object's phases"
+    )
     args = parser.parse_args()
     server = objdata.MotoServer()
     try:
@@ -216,15 +223,18 @@ def main() -> int:
         objdata.read_sync(store, data.sample(10))
         objdata.read_async(store, data.sample(10, offset=1))
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("fork", "spawn", "sync", "run")}
-        for _ in range(ROUNDS):
+        for _ in range(0 if args.breakdown_only else ROUNDS):
             runs["fork"].append(workers("fork", dataset))
             runs["spawn"].append(workers("spawn", dataset))
             runs["sync"].append(parent(store, data.keys, "sync"))
             runs["run"].append(parent(store, data.keys, "run"))
         total_mb = sum(data.sizes.values()) / 1e6
-        phases = {version: breakdown(data, version) for version in VERSIONS}
+        phases = {name: breakdown(data, *build) for name, build in BUILDS.items()}
     finally:
         server.stop()
+    if args.breakdown_only:
+        print(breakdown_table(phases))
+        return 0
     text = table({k: best(v) for k, v in runs.items()}, total_mb) + "\n\n" + breakdown_table(phases)
     print(text)
     if args.write:

@@ -68,6 +68,23 @@ struct S3Config {
     version: Version,
     /// Where the instance-metadata credential provider asks (used when no key is given).
     metadata_endpoint: Option<String>,
+    /// The system's root certificates (DER), read once by the process that built the `Store`
+    /// and inherited as plain data: with object_store 0.14 each process's client build takes
+    /// them from memory instead of reading and decoding the system bundle again. Empty: the
+    /// client reads the system's roots itself (`roots="per-process"`, and always with 0.13,
+    /// whose `ClientOptions` cannot turn that off).
+    roots: Arc<Vec<Vec<u8>>>,
+}
+
+/// The system's root certificates as DER, read now (empty if none could be read: the client
+/// then reads them itself).
+fn system_roots() -> Vec<Vec<u8>> {
+    let found = rustls_native_certs::load_native_certs();
+    found
+        .certs
+        .into_iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect()
 }
 
 /// Which object_store minor the store is built with.
@@ -156,6 +173,23 @@ macro_rules! s3_for_version {
             KeyNotFoundError, ObjectStoreError, S3Config,
         };
 
+        /// The store's HTTP client options (each process's client is built from them).
+        pub fn options(config: &S3Config) -> ClientOptions {
+            with_roots(ClientOptions::new(), config)
+                .with_allow_http(config.allow_http)
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(60))
+        }
+
+        /// Benchmark probe: one client built as a process's first request builds it.
+        pub fn build_client(config: &S3Config) -> Result<(), String> {
+            use os::client::HttpConnector;
+            os::client::ReqwestConnector::default()
+                .connect(&options(config))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+
         /// Builds the store (no connection yet). Every connector but `Reqwest` makes it work
         /// in any child of the process that built it.
         pub fn build(config: &S3Config) -> os::Result<AmazonS3> {
@@ -164,12 +198,7 @@ macro_rules! s3_for_version {
                 .with_endpoint(&config.endpoint)
                 .with_region(&config.region)
                 .with_allow_http(config.allow_http)
-                .with_client_options(
-                    ClientOptions::new()
-                        .with_allow_http(config.allow_http)
-                        .with_connect_timeout(Duration::from_secs(5))
-                        .with_timeout(Duration::from_secs(60)),
-                )
+                .with_client_options(options(config))
                 // Fail an unreachable endpoint in about a second, not object_store's minutes.
                 .with_retry(RetryConfig {
                     backoff: BackoffConfig {
@@ -282,6 +311,12 @@ mod v0_13 {
     use object_store_0_13 as os;
 
     s3_for_version!();
+
+    /// 0.13's client always reads the system's roots itself (reqwest 0.12's built-in roots
+    /// cannot be turned off through `ClientOptions`): nothing to pass in.
+    fn with_roots(options: os::ClientOptions, _: &S3Config) -> os::ClientOptions {
+        options
+    }
 }
 
 mod v0_14 {
@@ -289,6 +324,23 @@ mod v0_14 {
     use object_store_0_14 as os;
 
     s3_for_version!();
+
+    /// The roots the `Store` carries, instead of the system's read again by each client build.
+    fn with_roots(mut options: os::ClientOptions, config: &S3Config) -> os::ClientOptions {
+        let roots: Vec<_> = config
+            .roots
+            .iter()
+            .filter_map(|der| os::Certificate::from_der(der).ok())
+            .collect();
+        if roots.is_empty() {
+            return options;
+        }
+        options = options.with_no_system_certificates(true);
+        for root in roots {
+            options = options.with_root_certificate(root);
+        }
+        options
+    }
 }
 
 /// A built store of either minor.
@@ -503,9 +555,10 @@ impl Store {
     /// credentials. `connector` picks how each process gets its HTTP client, `object_store`
     /// the object_store minor (`"0.13"` or `"0.14"`).
     #[staticmethod]
-    #[pyo3(signature = (bucket, *, endpoint, access_key_id, secret_access_key, region = "us-east-1".to_owned(), allow_http = true, connector = DEFAULT_CONNECTOR.to_owned(), object_store = "0.14".to_owned(), metadata_endpoint = None))]
+    #[pyo3(signature = (bucket, *, endpoint, access_key_id, secret_access_key, region = "us-east-1".to_owned(), allow_http = true, connector = DEFAULT_CONNECTOR.to_owned(), object_store = "0.14".to_owned(), metadata_endpoint = None, roots = "inherited".to_owned()))]
     #[allow(clippy::too_many_arguments)]
     fn s3(
+        py: Python<'_>,
         bucket: String,
         endpoint: String,
         access_key_id: String,
@@ -515,7 +568,18 @@ impl Store {
         connector: String,
         object_store: String,
         metadata_endpoint: Option<String>,
+        roots: String,
     ) -> PyResult<Self> {
+        let version = Version::parse(&object_store)?;
+        let roots = match (roots.as_str(), version) {
+            ("inherited", Version::V0_14) => py.detach(system_roots),
+            ("inherited" | "per-process", _) => Vec::new(),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "roots={roots:?}: expected \"inherited\" or \"per-process\""
+                )))
+            }
+        };
         Store::from_config(S3Config {
             bucket,
             endpoint,
@@ -524,8 +588,9 @@ impl Store {
             region,
             allow_http,
             connector: Connector::parse(&connector)?,
-            version: Version::parse(&object_store)?,
+            version,
             metadata_endpoint,
+            roots: Arc::new(roots),
         })
     }
 
@@ -607,6 +672,7 @@ impl Store {
     #[pyo3(signature = (bucket, endpoint, access_key_id, secret_access_key, region, allow_http, connector = DEFAULT_CONNECTOR.to_owned(), object_store = "0.14".to_owned(), metadata_endpoint = None))]
     #[allow(clippy::too_many_arguments)]
     fn _rebuild(
+        py: Python<'_>,
         bucket: String,
         endpoint: String,
         access_key_id: String,
@@ -618,6 +684,7 @@ impl Store {
         metadata_endpoint: Option<String>,
     ) -> PyResult<Self> {
         Store::s3(
+            py,
             bucket,
             endpoint,
             access_key_id,
@@ -627,6 +694,7 @@ impl Store {
             connector,
             object_store,
             metadata_endpoint,
+            "inherited".to_owned(),
         )
     }
 
@@ -677,31 +745,15 @@ fn _build_runtime(py: Python<'_>) -> PyResult<()> {
 }
 
 /// Benchmark probe: builds and drops one HTTP client the way the connector builds a process's
-/// client (object_store's `ReqwestConnector` with the example's client options).
+/// client for `store` (object_store's `ReqwestConnector` with the store's client options).
 #[pyfunction]
-fn _build_client(py: Python<'_>, object_store: &str) -> PyResult<()> {
-    let version = Version::parse(object_store)?;
-    py.detach(|| {
-        let built = match version {
-            Version::V0_13 => {
-                use object_store_0_13::client::{HttpConnector, ReqwestConnector};
-                let options = object_store_0_13::ClientOptions::new().with_allow_http(true);
-                ReqwestConnector::default()
-                    .connect(&options)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-            Version::V0_14 => {
-                use object_store_0_14::client::{HttpConnector, ReqwestConnector};
-                let options = object_store_0_14::ClientOptions::new().with_allow_http(true);
-                ReqwestConnector::default()
-                    .connect(&options)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        };
-        built.map_err(|e| client_error("", e))
+fn _build_client(py: Python<'_>, store: &Store) -> PyResult<()> {
+    let config = store.config.clone();
+    py.detach(move || match config.version {
+        Version::V0_13 => v0_13::build_client(&config),
+        Version::V0_14 => v0_14::build_client(&config),
     })
+    .map_err(|e| client_error("", e))
 }
 
 #[pymodule]

@@ -40,6 +40,7 @@ class Metadata(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client's pool holds the connection
+    disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall between headers and body
     server: Metadata
 
     def setup(self) -> None:

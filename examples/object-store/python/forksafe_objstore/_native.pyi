@@ -9,6 +9,11 @@ clients with no connector hook)."""
 
 ObjectStoreVersion = Literal["0.13", "0.14"]
 
+Roots = Literal["inherited", "per-process"]
+"""With object_store 0.14: the system's root certificates read once when the Store is built and
+inherited by children as plain data ("inherited"), or read again by each process's client build
+("per-process", object_store's default; always so with 0.13)."""
+
 CONTROL: bool
 """True only in the negative-control build (never shipped)."""
 
@@ -30,6 +35,7 @@ class Store:
         connector: Connector = "fork-local",
         object_store: ObjectStoreVersion = "0.14",
         metadata_endpoint: str | None = None,
+        roots: Roots = "inherited",
     ) -> Store: ...
     def get(self, key: str) -> Awaitable[bytes]: ...
     def put(self, key: str, data: bytes) -> Awaitable[None]: ...
@@ -63,4 +69,4 @@ class Store:
 
 def _process_info() -> dict[str, Any] | None: ...
 def _build_runtime() -> None: ...
-def _build_client(object_store: ObjectStoreVersion) -> None: ...
+def _build_client(store: Store) -> None: ...
