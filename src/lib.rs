@@ -58,6 +58,9 @@ mod sys;
 #[cfg_attr(docsrs, doc(cfg(feature = "python")))]
 pub mod python;
 
+#[cfg(any(feature = "object-store-0-13", feature = "object-store-0-14"))]
+pub mod object_store;
+
 /// Fault injection for forksafe's own fork suites, compiled in only with
 /// `RUSTFLAGS="--cfg forksafe_test_hooks"`: no feature of this crate can turn it on.
 #[cfg(forksafe_test_hooks)]

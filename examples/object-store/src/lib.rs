@@ -1,29 +1,30 @@
-//! `forksafe_objstore._native`: an S3 reader on [`object_store`] that survives `fork()`.
+//! `forksafe_objstore._native`: an S3 reader on [object_store] that survives `fork()`.
 //!
 //! The reference integration of forksafe (walked through in `docs/extension-authors.md`):
 //!
-//! - each [`Store`] keeps its client (reqwest's connection pool, its TLS state) in a
-//!   [`forksafe::ForkLocal`] built by [`forksafe::ForkLocal::with_init`] from that store's own
-//!   configuration, so a child that inherits a `Store` builds its own client on first use and
-//!   never uses (or drops) the parent's pool;
+//! - each [`Store`] is built once, where Python builds it, by object_store's plain
+//!   `AmazonS3Builder` plus one line, `.with_http_connector(ForkLocalConnector::default())`
+//!   ([`forksafe::object_store`]): a child that inherits the `Store` gets its own HTTP client
+//!   (connection pool, TLS state, credential fetches) on first use and never uses (or drops) the
+//!   parent's;
 //! - the async methods go through [`forksafe::python::future_into_py`], the sync ones through
 //!   [`forksafe::python::block_on`] (GIL released); both run on this process's runtime.
 //!
-//! With the cargo feature `control` the same module is built the naive way: one client per
-//! `Store`, built where the `Store` was built and shared with every child, on
-//! `pyo3_async_runtimes::tokio`'s process-global runtime. It exists only so the fork tests can
-//! show what they guard against; it is never shipped.
+//! `Store.s3(..., object_store="0.13" | "0.14")` picks the object_store minor (both are linked,
+//! one macro body per minor) and `connector=` the connector: `"fork-local"` (the default),
+//! `"spawned"` (forksafe's `SpawnedConnector`), `"reqwest"` (object_store's plain connector: the
+//! negative control) or `"fork-local-store"` (the recipe for clients with no connector hook: the
+//! whole store in a per-instance [`forksafe::ForkLocal`]).
+//!
+//! With the cargo feature `control` the same module is built the naive way: the plain connector
+//! by default, on `pyo3_async_runtimes::tokio`'s process-global runtime. It exists only so the
+//! fork tests can show what they guard against; it is never shipped.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -63,71 +64,353 @@ struct S3Config {
     secret_access_key: String,
     region: String,
     allow_http: bool,
+    connector: Connector,
+    version: Version,
+    /// Where the instance-metadata credential provider asks (used when no key is given).
+    metadata_endpoint: Option<String>,
+    /// The system's root certificates (DER), read once by the process that built the `Store`
+    /// and inherited as plain data: with object_store 0.14 each process's client build takes
+    /// them from memory instead of reading and decoding the system bundle again. Empty: the
+    /// client reads the system's roots itself (`roots="per-process"`, and always with 0.13,
+    /// whose `ClientOptions` cannot turn that off).
+    roots: Arc<Vec<Vec<u8>>>,
 }
 
-impl S3Config {
-    /// A new client (and connection pool) for this configuration. Builds no connection yet.
-    fn build(&self) -> object_store::Result<AmazonS3> {
-        AmazonS3Builder::new()
-            .with_bucket_name(&self.bucket)
-            .with_endpoint(&self.endpoint)
-            .with_access_key_id(&self.access_key_id)
-            .with_secret_access_key(&self.secret_access_key)
-            .with_region(&self.region)
-            .with_allow_http(self.allow_http)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(self.allow_http)
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(60)),
-            )
-            // Fail an unreachable endpoint in about a second, not object_store's three minutes.
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(50),
-                    max_backoff: Duration::from_millis(500),
-                    base: 2.0,
-                },
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(30),
+/// The system's root certificates as DER, read now (empty if none could be read: the client
+/// then reads them itself).
+fn system_roots() -> Vec<Vec<u8>> {
+    let found = rustls_native_certs::load_native_certs();
+    found
+        .certs
+        .into_iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
+/// Which object_store minor the store is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    V0_13,
+    V0_14,
+}
+
+impl Version {
+    fn parse(text: &str) -> PyResult<Self> {
+        match text {
+            "0.13" => Ok(Version::V0_13),
+            "0.14" => Ok(Version::V0_14),
+            _ => Err(PyValueError::new_err(format!(
+                "object_store={text:?}: expected \"0.13\" or \"0.14\""
+            ))),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Version::V0_13 => "0.13",
+            Version::V0_14 => "0.14",
+        }
+    }
+}
+
+/// How the store's HTTP client is made per process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Connector {
+    /// The main path, one line: `.with_http_connector(ForkLocalConnector::default())`.
+    ForkLocal,
+    /// `.with_http_connector(SpawnedConnector::default())`: requests on forksafe's runtime.
+    Spawned,
+    /// object_store's plain `ReqwestConnector`: the client built in the parent is shared with
+    /// every child. The negative control; never a choice for real code.
+    Reqwest,
+    /// The recipe for clients with no connector hook: the whole store in a per-instance
+    /// `ForkLocal`, rebuilt from its configuration in each process.
+    ForkLocalStore,
+}
+
+impl Connector {
+    fn parse(text: &str) -> PyResult<Self> {
+        match text {
+            "fork-local" => Ok(Connector::ForkLocal),
+            "spawned" => Ok(Connector::Spawned),
+            "reqwest" => Ok(Connector::Reqwest),
+            "fork-local-store" => Ok(Connector::ForkLocalStore),
+            _ => Err(PyValueError::new_err(format!(
+                "connector={text:?}: expected \"fork-local\", \"spawned\", \"reqwest\" or \
+                 \"fork-local-store\""
+            ))),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Connector::ForkLocal => "fork-local",
+            Connector::Spawned => "spawned",
+            Connector::Reqwest => "reqwest",
+            Connector::ForkLocalStore => "fork-local-store",
+        }
+    }
+}
+
+/// The store for one object_store minor: the same source expanded per version (`os` and
+/// `connectors` name the minor's crates in the expanding module).
+macro_rules! s3_for_version {
+    () => {
+        use std::time::Duration;
+
+        use bytes::Bytes;
+        use futures::TryStreamExt;
+        use os::aws::{AmazonS3, AmazonS3Builder};
+        use os::path::Path;
+        use os::{
+            BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+        };
+        use pyo3::exceptions::PyValueError;
+        use pyo3::PyErr;
+
+        use super::{
+            is_unreachable, Connector, CredentialsError, EndpointUnreachableError,
+            KeyNotFoundError, ObjectStoreError, S3Config,
+        };
+
+        /// The store's HTTP client options (each process's client is built from them).
+        pub fn options(config: &S3Config) -> ClientOptions {
+            with_roots(ClientOptions::new(), config)
+                .with_allow_http(config.allow_http)
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(60))
+        }
+
+        /// Benchmark probe: one client built as a process's first request builds it.
+        pub fn build_client(config: &S3Config) -> Result<(), String> {
+            use os::client::HttpConnector;
+            os::client::ReqwestConnector::default()
+                .connect(&options(config))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+
+        /// Builds the store (no connection yet). Every connector but `Reqwest` makes it work
+        /// in any child of the process that built it.
+        pub fn build(config: &S3Config) -> os::Result<AmazonS3> {
+            let mut builder = AmazonS3Builder::new()
+                .with_bucket_name(&config.bucket)
+                .with_endpoint(&config.endpoint)
+                .with_region(&config.region)
+                .with_allow_http(config.allow_http)
+                .with_client_options(options(config))
+                // Fail an unreachable endpoint in about a second, not object_store's minutes.
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(50),
+                        max_backoff: Duration::from_millis(500),
+                        base: 2.0,
+                    },
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(30),
+                });
+            if !config.access_key_id.is_empty() {
+                builder = builder
+                    .with_access_key_id(&config.access_key_id)
+                    .with_secret_access_key(&config.secret_access_key);
+            }
+            if let Some(endpoint) = &config.metadata_endpoint {
+                builder = builder.with_metadata_endpoint(endpoint);
+            }
+            builder = match config.connector {
+                // The one line.
+                Connector::ForkLocal | Connector::ForkLocalStore => {
+                    builder.with_http_connector(connectors::ForkLocalConnector::default())
+                }
+                Connector::Spawned => {
+                    builder.with_http_connector(connectors::SpawnedConnector::default())
+                }
+                Connector::Reqwest => {
+                    builder.with_http_connector(os::client::ReqwestConnector::default())
+                }
+            };
+            builder.build()
+        }
+
+        /// Is `e` this minor's `HttpError` of a kind that means "no connection"?
+        fn is_http_unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
+            use os::client::{HttpError, HttpErrorKind};
+            e.downcast_ref::<HttpError>().is_some_and(|h| {
+                matches!(h.kind(), HttpErrorKind::Connect | HttpErrorKind::Timeout)
             })
-            .build()
+        }
+
+        /// The typed Python exception for an object-store error on `key`.
+        fn store_error(key: &str, error: os::Error) -> PyErr {
+            use os::Error as E;
+            match &error {
+                E::NotFound { .. } => {
+                    KeyNotFoundError::new_err(format!("{key:?}: no such key ({error})"))
+                }
+                E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                    CredentialsError::new_err(format!("{key:?}: credentials refused ({error})"))
+                }
+                E::InvalidPath { .. } => {
+                    PyValueError::new_err(format!("{key:?}: invalid key ({error})"))
+                }
+                _ if is_unreachable(&error, is_http_unreachable) => {
+                    EndpointUnreachableError::new_err(format!(
+                        "{key:?}: endpoint unreachable ({error})"
+                    ))
+                }
+                // Listing maps every HTTP status onto `Generic`; only the message still has it.
+                _ if {
+                    let text = error.to_string();
+                    text.contains("status code: 403") || text.contains("status code: 401")
+                } =>
+                {
+                    CredentialsError::new_err(format!("{key:?}: credentials refused ({error})"))
+                }
+                _ => ObjectStoreError::new_err(format!("{key:?}: {error}")),
+            }
+        }
+
+        fn parse_key(key: &str) -> Result<Path, PyErr> {
+            Path::parse(key)
+                .map_err(|e| PyValueError::new_err(format!("{key:?}: invalid key ({e})")))
+        }
+
+        pub async fn get(store: &AmazonS3, key: &str) -> Result<Bytes, PyErr> {
+            let path = parse_key(key)?;
+            let result = store.get(&path).await.map_err(|e| store_error(key, e))?;
+            result.bytes().await.map_err(|e| store_error(key, e))
+        }
+
+        pub async fn put(store: &AmazonS3, key: &str, data: Bytes) -> Result<(), PyErr> {
+            let path = parse_key(key)?;
+            store
+                .put(&path, PutPayload::from_bytes(data))
+                .await
+                .map_err(|e| store_error(key, e))?;
+            Ok(())
+        }
+
+        pub async fn list(store: &AmazonS3, prefix: &str) -> Result<Vec<String>, PyErr> {
+            let path = if prefix.is_empty() {
+                None
+            } else {
+                Some(parse_key(prefix)?)
+            };
+            let metas: Vec<_> = store
+                .list(path.as_ref())
+                .try_collect()
+                .await
+                .map_err(|e| store_error(prefix, e))?;
+            Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+        }
+    };
+}
+
+mod v0_13 {
+    use forksafe::object_store::v0_13 as connectors;
+    use object_store_0_13 as os;
+
+    s3_for_version!();
+
+    /// 0.13's client always reads the system's roots itself (reqwest 0.12's built-in roots
+    /// cannot be turned off through `ClientOptions`): nothing to pass in.
+    fn with_roots(options: os::ClientOptions, _: &S3Config) -> os::ClientOptions {
+        options
+    }
+}
+
+mod v0_14 {
+    use forksafe::object_store::v0_14 as connectors;
+    use object_store_0_14 as os;
+
+    s3_for_version!();
+
+    /// The roots the `Store` carries, instead of the system's read again by each client build.
+    fn with_roots(mut options: os::ClientOptions, config: &S3Config) -> os::ClientOptions {
+        let roots: Vec<_> = config
+            .roots
+            .iter()
+            .filter_map(|der| os::Certificate::from_der(der).ok())
+            .collect();
+        if roots.is_empty() {
+            return options;
+        }
+        options = options.with_no_system_certificates(true);
+        for root in roots {
+            options = options.with_root_certificate(root);
+        }
+        options
+    }
+}
+
+/// A built store of either minor.
+enum S3 {
+    V0_13(object_store_0_13::aws::AmazonS3),
+    V0_14(object_store_0_14::aws::AmazonS3),
+}
+
+impl S3 {
+    fn build(config: &S3Config) -> Result<S3, String> {
+        match config.version {
+            Version::V0_13 => v0_13::build(config)
+                .map(S3::V0_13)
+                .map_err(|e| e.to_string()),
+            Version::V0_14 => v0_14::build(config)
+                .map(S3::V0_14)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn get(&self, key: &str) -> PyResult<Bytes> {
+        match self {
+            S3::V0_13(s) => v0_13::get(s, key).await,
+            S3::V0_14(s) => v0_14::get(s, key).await,
+        }
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> PyResult<()> {
+        match self {
+            S3::V0_13(s) => v0_13::put(s, key, data).await,
+            S3::V0_14(s) => v0_14::put(s, key, data).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> PyResult<Vec<String>> {
+        match self {
+            S3::V0_13(s) => v0_13::list(s, prefix).await,
+            S3::V0_14(s) => v0_14::list(s, prefix).await,
+        }
     }
 }
 
 /// Where a `Store`'s client lives.
-///
-/// The fork-safe build: one client per process, built from the captured configuration by the
-/// process that first uses it; a child never touches the inherited one.
-#[cfg(not(feature = "control"))]
-struct Client(forksafe::ForkLocal<Result<AmazonS3, String>>);
-
-#[cfg(not(feature = "control"))]
-impl Client {
-    fn new(config: S3Config) -> Self {
-        Client(forksafe::ForkLocal::with_init(move || {
-            config.build().map_err(|e| e.to_string())
-        }))
-    }
-
-    fn get(&self) -> Result<&AmazonS3, String> {
-        self.0.get().as_ref().map_err(Clone::clone)
-    }
+enum Client {
+    /// The main path: the store built once, where the `Store` was built, with a connector
+    /// (`ForkLocalConnector`, `SpawnedConnector`, or the control's plain `ReqwestConnector`).
+    /// A child uses the same store object; the connector decides whose HTTP client it gets.
+    Built(S3),
+    /// The recipe for clients with no connector hook: one store per process, built from the
+    /// captured configuration by the process that first uses it; a child never touches the
+    /// inherited one.
+    PerProcess(forksafe::ForkLocal<Result<S3, String>>),
 }
 
-/// The negative control: the client built once, wherever the `Store` was built, and shared with
-/// every child that inherits the `Store` (its pooled sockets and the runtime its pool lives on).
-#[cfg(feature = "control")]
-struct Client(Result<AmazonS3, String>);
-
-#[cfg(feature = "control")]
 impl Client {
-    fn new(config: S3Config) -> Self {
-        Client(config.build().map_err(|e| e.to_string()))
+    fn new(config: S3Config) -> Result<Self, String> {
+        if config.connector == Connector::ForkLocalStore {
+            Ok(Client::PerProcess(forksafe::ForkLocal::with_init(
+                move || S3::build(&config),
+            )))
+        } else {
+            S3::build(&config).map(Client::Built)
+        }
     }
 
-    fn get(&self) -> Result<&AmazonS3, String> {
-        self.0.as_ref().map_err(Clone::clone)
+    fn get(&self) -> Result<&S3, String> {
+        match self {
+            Client::Built(s3) => Ok(s3),
+            Client::PerProcess(local) => local.get().as_ref().map_err(Clone::clone),
+        }
     }
 }
 
@@ -173,8 +456,12 @@ impl<'py> IntoPyObject<'py> for Object {
     }
 }
 
-/// Is there an I/O error in `error`'s chain that means "no connection to the endpoint"?
-fn is_unreachable(error: &(dyn StdError + 'static)) -> bool {
+/// Is there an error in `error`'s chain that means "no connection to the endpoint"? `http`
+/// recognises the object_store minor's own `HttpError` of kind connect or timeout.
+fn is_unreachable(
+    error: &(dyn StdError + 'static),
+    http: impl Fn(&(dyn StdError + 'static)) -> bool,
+) -> bool {
     use std::io::ErrorKind as K;
     let mut next: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(e) = next {
@@ -190,50 +477,16 @@ fn is_unreachable(error: &(dyn StdError + 'static)) -> bool {
                 return true;
             }
         }
-        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
-            if matches!(
-                http.kind(),
-                object_store::client::HttpErrorKind::Connect
-                    | object_store::client::HttpErrorKind::Timeout
-            ) {
-                return true;
-            }
+        if http(e) {
+            return true;
         }
         next = e.source();
     }
     false
 }
 
-/// The typed Python exception for an object-store error on `key`, with the key in the message.
-fn store_error(key: &str, error: object_store::Error) -> PyErr {
-    use object_store::Error as E;
-    match &error {
-        E::NotFound { .. } => KeyNotFoundError::new_err(format!("{key:?}: no such key ({error})")),
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-            CredentialsError::new_err(format!("{key:?}: credentials refused ({error})"))
-        }
-        E::InvalidPath { .. } => PyValueError::new_err(format!("{key:?}: invalid key ({error})")),
-        _ if is_unreachable(&error) => {
-            EndpointUnreachableError::new_err(format!("{key:?}: endpoint unreachable ({error})"))
-        }
-        // Listing maps every HTTP status onto `Generic`; only the message still has it.
-        _ if {
-            let text = error.to_string();
-            text.contains("status code: 403") || text.contains("status code: 401")
-        } =>
-        {
-            CredentialsError::new_err(format!("{key:?}: credentials refused ({error})"))
-        }
-        _ => ObjectStoreError::new_err(format!("{key:?}: {error}")),
-    }
-}
-
 fn client_error(key: &str, error: String) -> PyErr {
     ObjectStoreError::new_err(format!("{key:?}: cannot build the S3 client: {error}"))
-}
-
-fn parse_key(key: &str) -> PyResult<Path> {
-    Path::parse(key).map_err(|e| PyValueError::new_err(format!("{key:?}: invalid key ({e})")))
 }
 
 /// A bucket on an S3-compatible endpoint. Safe to build before fork and use in any child.
@@ -245,8 +498,9 @@ struct Store {
 
 impl Store {
     fn from_config(config: S3Config) -> PyResult<Self> {
-        let client = Client::new(config.clone());
-        // Build this process's client now, so a bad configuration fails here, not at first use.
+        let client = Client::new(config.clone()).map_err(|e| client_error("", e))?;
+        // Resolve this process's store now, so a bad configuration fails here, not at first
+        // use (with a connector this builds no HTTP client yet: that is per process).
         client.get().map_err(|e| client_error("", e))?;
         Ok(Store {
             config,
@@ -258,11 +512,8 @@ impl Store {
     fn get_future(&self, key: String) -> impl Future<Output = PyResult<Object>> + Send + 'static {
         let client = self.client.clone();
         async move {
-            let path = parse_key(&key)?;
             let store = client.get().map_err(|e| client_error(&key, e))?;
-            let result = store.get(&path).await.map_err(|e| store_error(&key, e))?;
-            let bytes = result.bytes().await.map_err(|e| store_error(&key, e))?;
-            Ok(Object(bytes))
+            Ok(Object(store.get(&key).await?))
         }
     }
 
@@ -273,13 +524,8 @@ impl Store {
     ) -> impl Future<Output = PyResult<()>> + Send + 'static {
         let client = self.client.clone();
         async move {
-            let path = parse_key(&key)?;
             let store = client.get().map_err(|e| client_error(&key, e))?;
-            store
-                .put(&path, PutPayload::from_bytes(data))
-                .await
-                .map_err(|e| store_error(&key, e))?;
-            Ok(())
+            store.put(&key, data).await
         }
     }
 
@@ -289,35 +535,51 @@ impl Store {
     ) -> impl Future<Output = PyResult<Vec<String>>> + Send + 'static {
         let client = self.client.clone();
         async move {
-            let path = if prefix.is_empty() {
-                None
-            } else {
-                Some(parse_key(&prefix)?)
-            };
             let store = client.get().map_err(|e| client_error(&prefix, e))?;
-            let metas: Vec<_> = store
-                .list(path.as_ref())
-                .try_collect()
-                .await
-                .map_err(|e| store_error(&prefix, e))?;
-            Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+            store.list(&prefix).await
         }
     }
 }
 
+/// The connector a `Store` gets when none is named: the one line, or (control) the plain one.
+const DEFAULT_CONNECTOR: &str = if cfg!(feature = "control") {
+    "reqwest"
+} else {
+    "fork-local"
+};
+
 #[pymethods]
 impl Store {
-    /// A store for `bucket` on an S3-compatible endpoint, with static credentials.
+    /// A store for `bucket` on an S3-compatible endpoint. Static credentials, or (with empty
+    /// keys) object_store's credential chain, asking `metadata_endpoint` for instance
+    /// credentials. `connector` picks how each process gets its HTTP client, `object_store`
+    /// the object_store minor (`"0.13"` or `"0.14"`).
     #[staticmethod]
-    #[pyo3(signature = (bucket, *, endpoint, access_key_id, secret_access_key, region = "us-east-1".to_owned(), allow_http = true))]
+    #[pyo3(signature = (bucket, *, endpoint, access_key_id, secret_access_key, region = "us-east-1".to_owned(), allow_http = true, connector = DEFAULT_CONNECTOR.to_owned(), object_store = "0.14".to_owned(), metadata_endpoint = None, roots = "inherited".to_owned()))]
+    #[allow(clippy::too_many_arguments)]
     fn s3(
+        py: Python<'_>,
         bucket: String,
         endpoint: String,
         access_key_id: String,
         secret_access_key: String,
         region: String,
         allow_http: bool,
+        connector: String,
+        object_store: String,
+        metadata_endpoint: Option<String>,
+        roots: String,
     ) -> PyResult<Self> {
+        let version = Version::parse(&object_store)?;
+        let roots = match (roots.as_str(), version) {
+            ("inherited", Version::V0_14) => py.detach(system_roots),
+            ("inherited" | "per-process", _) => Vec::new(),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "roots={roots:?}: expected \"inherited\" or \"per-process\""
+                )))
+            }
+        };
         Store::from_config(S3Config {
             bucket,
             endpoint,
@@ -325,6 +587,10 @@ impl Store {
             secret_access_key,
             region,
             allow_http,
+            connector: Connector::parse(&connector)?,
+            version,
+            metadata_endpoint,
+            roots: Arc::new(roots),
         })
     }
 
@@ -364,6 +630,16 @@ impl Store {
     }
 
     #[getter]
+    fn connector(&self) -> &'static str {
+        self.config.connector.as_str()
+    }
+
+    #[getter]
+    fn object_store(&self) -> &'static str {
+        self.config.version.as_str()
+    }
+
+    #[getter]
     fn bucket(&self) -> &str {
         &self.config.bucket
     }
@@ -385,33 +661,50 @@ impl Store {
             c.secret_access_key.clone(),
             c.region.clone(),
             c.allow_http,
+            c.connector.as_str(),
+            c.version.as_str(),
+            c.metadata_endpoint.clone(),
         );
         (rebuild, args).into_pyobject(py)
     }
 
     #[staticmethod]
+    #[pyo3(signature = (bucket, endpoint, access_key_id, secret_access_key, region, allow_http, connector = DEFAULT_CONNECTOR.to_owned(), object_store = "0.14".to_owned(), metadata_endpoint = None))]
+    #[allow(clippy::too_many_arguments)]
     fn _rebuild(
+        py: Python<'_>,
         bucket: String,
         endpoint: String,
         access_key_id: String,
         secret_access_key: String,
         region: String,
         allow_http: bool,
+        connector: String,
+        object_store: String,
+        metadata_endpoint: Option<String>,
     ) -> PyResult<Self> {
         Store::s3(
+            py,
             bucket,
             endpoint,
             access_key_id,
             secret_access_key,
             region,
             allow_http,
+            connector,
+            object_store,
+            metadata_endpoint,
+            "inherited".to_owned(),
         )
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "Store.s3({:?}, endpoint={:?})",
-            self.config.bucket, self.config.endpoint
+            "Store.s3({:?}, endpoint={:?}, connector={:?}, object_store={:?})",
+            self.config.bucket,
+            self.config.endpoint,
+            self.config.connector.as_str(),
+            self.config.version.as_str()
         )
     }
 }
@@ -439,8 +732,35 @@ fn _process_info(py: Python<'_>) -> PyResult<Option<Bound<'_, PyDict>>> {
     Ok(Some(dict))
 }
 
+/// Benchmark probe (benches/objstore.py): builds this process's forksafe runtime if it is not
+/// built yet, so the first request's time can be split into its parts.
+#[pyfunction]
+fn _build_runtime(py: Python<'_>) -> PyResult<()> {
+    if cfg!(feature = "control") {
+        return Ok(());
+    }
+    py.detach(forksafe::runtime)
+        .map(|_| ())
+        .map_err(forksafe::python::to_py_err)
+}
+
+/// Benchmark probe: builds and drops one HTTP client the way the connector builds a process's
+/// client for `store` (object_store's `ReqwestConnector` with the store's client options).
+#[pyfunction]
+fn _build_client(py: Python<'_>, store: &Store) -> PyResult<()> {
+    let config = store.config.clone();
+    py.detach(move || match config.version {
+        Version::V0_13 => v0_13::build_client(&config),
+        Version::V0_14 => v0_14::build_client(&config),
+    })
+    .map_err(|e| client_error("", e))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // object_store 0.14's rustls provider: once per lineage, plain data (a child inherits it).
+    // Err means one is installed already (another extension in this process): keep that one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     #[cfg(not(feature = "control"))]
     forksafe::configure(
         forksafe::RuntimeConfig::new()
@@ -458,6 +778,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<EndpointUnreachableError>(),
     )?;
     m.add_function(wrap_pyfunction!(_process_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_build_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(_build_client, m)?)?;
     m.add("CONTROL", cfg!(feature = "control"))?;
     Ok(())
 }

@@ -42,6 +42,9 @@ class FrontEnd(ThreadingHTTPServer):
 
 class KeepAliveProxy(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive unless the client sends Connection: close
+    # Headers and body go out in separate writes: with Nagle on, the body of a response on a
+    # kept-alive connection waits for the client's delayed ACK (40 ms). Real servers do not.
+    disable_nagle_algorithm = True
     server: FrontEnd
 
     def setup(self) -> None:

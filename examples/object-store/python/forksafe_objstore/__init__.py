@@ -1,7 +1,9 @@
 """An S3 reader that survives fork(): forksafe's reference integration.
 
-``Store`` keeps its client (connection pool included) per process: a ``Store`` built in a parent
-works in every child, whatever the fork path, and a child never touches the parent's sockets.
+``Store`` is object_store's plain ``AmazonS3Builder`` plus one line,
+``.with_http_connector(ForkLocalConnector::default())``: each process gets its own HTTP client
+(connection pool included), so a ``Store`` built in a parent works in every child, whatever the
+fork path, and a child never touches the parent's sockets.
 
     store = Store.s3("bucket", endpoint="http://127.0.0.1:9000",
                      access_key_id="...", secret_access_key="...")
