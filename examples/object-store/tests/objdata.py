@@ -97,6 +97,19 @@ class DataSet:
         assert not wrong, f"{who}: {len(wrong)} wrong objects:\n" + "\n".join(wrong[:10])
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stops a test server started with its stdin as the stop signal: closes stdin, then kills it
+    if it has not exited within 15 s."""
+    if proc.poll() is None:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class MotoServer:
     """moto's S3 server in a subprocess (moto_main.py) behind its keep-alive front end, with a
     start-up deadline. ``requests()`` reads the front end's connection log."""
@@ -150,14 +163,7 @@ class MotoServer:
             assert response.status == 200
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_server(self.proc)
         self.connection_log.close()
 
 

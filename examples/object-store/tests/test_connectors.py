@@ -287,14 +287,7 @@ class MetadataServer:
         return [(int(n), method, path) for n, method, path in lines]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        objdata.stop_server(self.proc)
         self.log.close()
 
 
