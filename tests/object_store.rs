@@ -97,7 +97,8 @@ macro_rules! connector_tests {
             /// A runtime of the caller's own, apart from forksafe's.
             fn callers_runtime() -> tokio::runtime::Runtime {
                 tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
+                    .enable_time()
                     .thread_name("caller")
                     .build()
                     .unwrap()
