@@ -155,8 +155,11 @@ def test_loops_dying_while_other_threads_scan_the_bridge(parent_report: dict[str
     assert out["done"] == [ROUNDS] * THREADS, out
     assert out["last"] == [f"{v}-{k}" for k in range(AWAITS)], out
     assert out["collections"] > 0, out
-    # Every loop made was finalised (the child's gc.collect() at the end included).
-    assert out["finalised"] >= THREADS * ROUNDS, out
+    # Every loop made was finalised (the child's gc.collect() at the end included), except that
+    # each finaliser run inside another thread's bridge call leaves one unawaited echo on that
+    # thread's loop: if its result arrives after that loop closed, it stays queued and keeps
+    # the loop alive (a late result holds its loop; see the report of issue 18).
+    assert out["finalised"] >= THREADS * ROUNDS - out["finalised_inside"], out
     print(
         f"GIL {'enabled' if out['gil'] else 'disabled'}: {THREADS * ROUNDS} loops, "
         f"{out['finalised_elsewhere']} finalised on a thread other than their maker's, "
