@@ -33,7 +33,8 @@ def runtime_info() -> dict[str, Any]:
 
     Keys: ``pid``, ``depth``, ``runtimes_built`` (0 or 1), ``loops_built``,
     ``inherited_runtimes`` (list of ``(pid, generations_back)``), ``guard``
-    (``"wipeonfork"``, ``"syscall"``, or ``"nofork"`` on Windows), ``guard_reason``.
+    (``"wipeonfork"``, ``"syscall"``, or ``"nofork"`` on Windows), ``guard_reason``,
+    ``gil_enabled`` (``False`` on a free-threaded CPython running without its GIL).
     """
     info: dict[str, Any] = _native.runtime_info()
     info["loops_built"] = loops_built()

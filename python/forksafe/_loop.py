@@ -9,17 +9,25 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar, cast
 
-from ._owner import PerProcess, process_token
+from ._owner import PerProcess
 
 T = TypeVar("T")
 
-# Loops started, per process token: a child starts at zero without resetting anything.
-_loops_started: dict[int, int] = {}
+# Loops started by each process: a child's record starts at zero without resetting anything.
+# Its lock makes the count exact without a GIL (two instances may start loops at once), and was
+# made by the process that counts, so no parent thread can be holding it after a fork.
+_loops_started: PerProcess[int] = PerProcess()
 
 
 def loops_built() -> int:
     """Loops started by this process (across all BackgroundEventLoop instances)."""
-    return _loops_started.get(process_token(), 0)
+    return _loops_started.record().state or 0
+
+
+def _count_loop() -> None:
+    record = _loops_started.record()
+    with record.lock:
+        record.state = (record.state or 0) + 1
 
 
 class _Running:
@@ -72,8 +80,7 @@ class BackgroundEventLoop:
         # a parent thread at the instant of a C-level fork, which never resets them.
         _thread.start_new_thread(serve, ())
         started.acquire()
-        token = process_token()
-        _loops_started[token] = _loops_started.get(token, 0) + 1
+        _count_loop()
         return _Running(loop, ident[0])
 
     @property

@@ -12,7 +12,8 @@ def process_token() -> int:
     """An identifier of the calling process that no descendant shares."""
 
 def runtime_info() -> dict[str, Any]:
-    """This process's runtime state (pid, depth, runtimes_built, inherited_runtimes, guard)."""
+    """This process's runtime state (pid, depth, runtimes_built, inherited_runtimes, guard,
+    guard_reason, gil_enabled)."""
 
 def build_info() -> dict[str, Any]:
     """What the extension was built with: ``tokio_features`` and ``test_hooks``."""

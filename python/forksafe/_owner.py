@@ -4,8 +4,9 @@ Every object that owns per-process state keeps one record per process in a dict 
 ``_native.process_token()``: an identifier of the calling process that no descendant shares
 (the native guard's record address; with the wipe-on-fork guard it also survives PID reuse).
 
-Claiming a record is a single ``dict.setdefault`` under the GIL, so racing threads of one
-process agree on one record without taking any lock a parent thread could have held at fork.
+Claiming a record is a single ``dict.setdefault``, atomic with the GIL and without it (a
+free-threaded build locks each dict itself), so racing threads of one process agree on one record
+without taking any lock a parent thread could have held at fork.
 Each record's own lock is created by the process that claims it, so only that process's threads
 ever wait on it. Inherited records stay in the dict forever: their values are never closed,
 used, or garbage-collected (a collected socket or loop could close state the parent still uses).

@@ -23,7 +23,7 @@
 //!   rest of the batch rides on the same wake-up. Nothing is dropped there but the call's own
 //!   temporaries, attached.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use pyo3::exceptions::{PyNotImplementedError, PyOSError};
 use pyo3::prelude::*;
@@ -42,8 +42,9 @@ type Outcome = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 /// A result on its way back to its asyncio future.
 pub(super) struct Done {
     future: Py<PyAny>,
-    /// Kept so the last reference to the loop is dropped here, attached, not on a tokio thread.
-    _locals: TaskLocals,
+    /// The task's locals, taken back out of its task-local scope, so that the last reference to
+    /// the loop is dropped here, attached, not on a tokio thread (PyO3's deferred-decref pool).
+    _locals: Option<TaskLocals>,
     /// A future that was cancelled or panicked, with whatever Python objects it captured.
     _abandoned: Option<Box<dyn Send>>,
     outcome: Outcome,
@@ -52,7 +53,11 @@ pub(super) struct Done {
 impl Done {
     /// How a task that completes `future` (on `locals`' loop) ended, ready to be pushed: a value
     /// or error to set, a panic to raise as `RustPanic`, or nothing for a cancelled future.
-    pub(super) fn new<T>(future: Py<PyAny>, locals: TaskLocals, ending: Ending<PyResult<T>>) -> Self
+    pub(super) fn new<T>(
+        future: Py<PyAny>,
+        locals: Option<TaskLocals>,
+        ending: Ending<PyResult<T>>,
+    ) -> Self
     where
         T: for<'py> IntoPyObject<'py> + Send + 'static,
     {
@@ -224,19 +229,17 @@ static COMPLETERS: ForkLocal<Completers> = ForkLocal::new(|| Completers {
 pub(super) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
     let py = event_loop.py();
     let this_process = COMPLETERS.get();
-    // Taken out under the lock, dropped after it: closed queues' leftovers, and the strong loop
+    // Taken out under the lock, dropped after it: the entries of dead loops, and the strong loop
     // references `upgrade()` returns. Without a GIL (free-threaded builds) the last reference to
-    // a loop could otherwise go away under the lock and run the loop's `__del__` there.
-    let mut abandoned = Vec::new();
+    // a loop could otherwise go away under the lock and run the loop's `__del__` there, which may
+    // re-enter here or wait for a stop-the-world pause (docs/design.md, "Without the GIL").
+    let mut dead = Vec::new();
     let mut upgraded = Vec::new();
     let mut found = None;
     {
         // Held only across calls that cannot run Python code (no decref, no method call), so
         // a finaliser can never re-enter here while it is held.
-        let mut completers = this_process
-            .completers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut completers = lock_attached(py, &this_process.completers);
         for (weak, completer) in completers.iter() {
             if let Some(alive) = weak.bind(py).upgrade() {
                 let same = alive.is(event_loop);
@@ -249,20 +252,23 @@ pub(super) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
         }
         if found.is_none() {
             // A loop we have not seen: forget the completers of loops that died.
-            completers.retain(|(weak, completer)| match weak.bind(py).upgrade() {
-                Some(alive) => {
-                    upgraded.push(alive);
-                    true
+            for (weak, completer) in std::mem::take(&mut *completers) {
+                match weak.bind(py).upgrade() {
+                    Some(alive) => {
+                        upgraded.push(alive);
+                        completers.push((weak, completer));
+                    }
+                    None => dead.push((weak, completer)),
                 }
-                None => {
-                    abandoned.push(completer.get().queue.close());
-                    false
-                }
-            });
+            }
         }
     }
-    drop(upgraded); // attached, outside the lock
-    drop(abandoned);
+    // Attached, outside the lock: these may run Python.
+    let abandoned: Vec<_> = dead
+        .iter()
+        .map(|(_, completer)| completer.get().queue.close())
+        .collect();
+    drop((abandoned, dead, upgraded));
     if let Some(queue) = found {
         return Ok(queue);
     }
@@ -281,12 +287,25 @@ pub(super) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
         }
     };
     let weak = PyWeakrefReference::new(event_loop)?.unbind();
-    this_process
-        .completers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((weak, completer));
+    lock_attached(py, &this_process.completers).push((weak, completer));
     Ok(queue)
+}
+
+/// Locks `mutex` from an attached thread, never running Python while it is held.
+///
+/// A thread that waits attached holds up every stop-the-world pause of a free-threaded
+/// interpreter, so a contended waiter detaches. But PyO3's `lock_py_attached` re-attaches with
+/// the lock already taken, and re-attaching applies PyO3's deferred decrefs, which can run
+/// finalisers under the lock. So: try while attached; if the lock is taken, wait for it
+/// detached, let it go, and try again.
+fn lock_attached<'a, T: Send>(py: Python<'_>, mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(mutex.lock())),
+        }
+    }
 }
 
 /// A fresh queue woken by `wake`, and the completer that drains it.

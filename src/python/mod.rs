@@ -339,10 +339,13 @@ where
     let (task, on_done) = Cancellable::new(fut);
     py_future.call_method1(intern!(py, "add_done_callback"), (on_done,))?;
     let future = py_future.clone().unbind();
-    let keep = locals.clone();
     runtime.spawn(async move {
-        let ending = TASK_LOCALS.scope(OnceCell::from(locals), task).await;
-        queue.push(Done::new(future, keep, ending));
+        let mut scoped = std::pin::pin!(TASK_LOCALS.scope(OnceCell::from(locals), task));
+        let ending = scoped.as_mut().await;
+        // The locals come back out of the scope and travel with the result, so the loop's last
+        // reference is never dropped on this tokio thread (docs/design.md, "Without the GIL").
+        let locals = scoped.as_mut().take_value().and_then(OnceCell::into_inner);
+        queue.push(Done::new(future, locals, ending));
     });
     Ok(py_future)
 }

@@ -7,6 +7,7 @@ import inspect
 import math
 import os
 import re
+import sys
 import threading
 import traceback
 from typing import Any
@@ -161,7 +162,10 @@ def test_runtime_info_shape_and_guard_mode(parent_report: dict[str, Any]) -> Non
         "inherited_runtimes",
         "guard",
         "guard_reason",
+        "gil_enabled",
     }
+    # sys._is_gil_enabled() exists from CPython 3.13; every older build has a GIL.
+    assert info["gil_enabled"] is getattr(sys, "_is_gil_enabled", lambda: True)(), info
     assert info["pid"] == os.getpid()
     assert info["runtimes_built"] == 1
     assert info["loops_built"] >= 1

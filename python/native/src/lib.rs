@@ -44,7 +44,19 @@ fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     dict.set_item("inherited_runtimes", inherited)?;
     dict.set_item("guard", info.guard.mode.as_str())?;
     dict.set_item("guard_reason", info.guard.reason)?;
+    dict.set_item("gil_enabled", gil_enabled(py)?)?;
     Ok(dict)
+}
+
+/// Whether this interpreter runs with the GIL right now: `sys._is_gil_enabled()` (CPython 3.13+;
+/// a free-threaded build turns it back on for a module that declares `gil_used = true`, or with
+/// `PYTHON_GIL=1`), else `True` (every older CPython has one).
+fn gil_enabled(py: Python<'_>) -> PyResult<bool> {
+    let sys = py.import("sys")?;
+    match sys.getattr("_is_gil_enabled") {
+        Ok(probe) => probe.call0()?.is_truthy(),
+        Err(_) => Ok(true),
+    }
 }
 
 /// Configures the tokio runtime before its first use in this process (children inherit it).
@@ -150,7 +162,12 @@ mod testing {
     }
 }
 
-#[pymodule]
+// `gil_used = false`: this module runs correctly with no GIL, so a free-threaded CPython keeps
+// the GIL off when it is imported. Written out rather than left to PyO3's default, because it is
+// a claim: it holds only while the no-GIL suite passes (scripts/free-threaded, run by
+// scripts/test on a `--disable-gil` CPython), and the rules it rests on are in docs/design.md
+// ("Without the GIL").
+#[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
