@@ -391,14 +391,14 @@ enum Client {
     Built(S3),
     /// The recipe for clients with no connector hook: one store per process, built from the
     /// captured configuration by the process that first uses it; a child never touches the
-    /// inherited one.
-    PerProcess(forksafe::ForkLocal<Result<S3, String>>),
+    /// inherited one. A failed build is returned and tried again on the next call, never cached.
+    PerProcess(forksafe::ForkLocal<S3, String>),
 }
 
 impl Client {
     fn new(config: S3Config) -> Result<Self, String> {
         if config.connector == Connector::ForkLocalStore {
-            Ok(Client::PerProcess(forksafe::ForkLocal::with_init(
+            Ok(Client::PerProcess(forksafe::ForkLocal::try_with_init(
                 move || S3::build(&config),
             )))
         } else {
@@ -409,7 +409,7 @@ impl Client {
     fn get(&self) -> Result<&S3, String> {
         match self {
             Client::Built(s3) => Ok(s3),
-            Client::PerProcess(local) => local.get().as_ref().map_err(Clone::clone),
+            Client::PerProcess(local) => local.try_get(),
         }
     }
 }
