@@ -10,11 +10,13 @@ import asyncio
 import gc
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
 import forksafe
 import forkutil
+import pytest
 from forksafe import _loop
 
 
@@ -92,9 +94,15 @@ def _stress_the_bridge(v: str) -> dict[str, Any]:
     collections = [0]
 
     def collector() -> None:
+        # Stop the world as often as the workers can bear: on a free-threaded build each
+        # collection scans the whole heap with every other thread paused, so back to back they
+        # starve the workers (a full-suite process took over 300 s). Pausing as long as the last
+        # collection took keeps the world stopped about half the time.
         while not stop.is_set():
+            started = time.monotonic()
             gc.collect()
             collections[0] += 1
+            stop.wait(time.monotonic() - started)
 
     def worker(i: int) -> None:
         try:
@@ -148,6 +156,9 @@ def _stress_the_bridge(v: str) -> dict[str, Any]:
     }
 
 
+# pytest-timeout's limit (300 s in pyproject.toml) must exceed the child's deadline, or it would
+# kill the test before the hang detector reports the child's last words and threads.
+@pytest.mark.timeout(STRESS_DEADLINE + 60)
 def test_loops_dying_while_other_threads_scan_the_bridge(parent_report: dict[str, Any]) -> None:
     v = forkutil.new_value("bridge")
     out = forkutil.run_child(_stress_the_bridge, v, deadline=STRESS_DEADLINE)
