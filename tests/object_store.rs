@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use common::*;
 
+/// Names forksafe's runtime threads `fs-io`. Every test calls it first, so whichever test builds
+/// the runtime, it is built with this name (tests run in parallel threads of one process).
+fn name_the_runtime() {
+    // An error only means another test configured it first, with the same value.
+    let _ = forksafe::configure(forksafe::RuntimeConfig::new().thread_name("fs-io"));
+}
+
 macro_rules! connector_tests {
     ($version:ident, $os:ident) => {
         mod $version {
@@ -113,6 +120,7 @@ macro_rules! connector_tests {
             /// parent's client is untouched afterwards.
             #[test]
             fn fork_local_connector_builds_once_per_process() {
+                crate::name_the_runtime();
                 let connector = ForkLocalConnector::new(Counting {
                     builds: &BUILDS,
                     drops: &DROPS,
@@ -180,6 +188,7 @@ macro_rules! connector_tests {
             /// the connector's error in its source chain.
             #[test]
             fn a_failed_build_is_a_connect_error_with_its_cause() {
+                crate::name_the_runtime();
                 for connect in [
                     Box::new(|c: Counting| {
                         ForkLocalConnector::new(c).connect(&ClientOptions::new())
@@ -214,7 +223,7 @@ macro_rules! connector_tests {
             /// The request runs on forksafe's runtime although the caller is on its own.
             #[test]
             fn spawned_connector_runs_on_forksafe_runtime() {
-                let _ = forksafe::configure(forksafe::RuntimeConfig::new().thread_name("fs-io"));
+                crate::name_the_runtime();
                 let client = SpawnedConnector::new(Counting {
                     builds: &SPAWNED_BUILDS,
                     drops: &SPAWNED_DROPS,
@@ -224,7 +233,7 @@ macro_rules! connector_tests {
                 .connect(&ClientOptions::new())
                 .unwrap();
                 let answer = callers_runtime().block_on(text(&client)).unwrap();
-                // Every test of this binary configures the same name before any runtime builds.
+                // Every test of this binary names the runtime before it can build one.
                 assert!(
                     answer.contains("fs-io"),
                     "the request did not run on forksafe's runtime: {answer}"
@@ -294,6 +303,7 @@ macro_rules! connector_tests {
             /// response drops the body in the task (the task is aborted).
             #[test]
             fn spawned_connector_streams_frames_and_aborts_on_drop() {
+                crate::name_the_runtime();
                 let (feed, frames) = tokio::sync::mpsc::unbounded_channel();
                 let dropped = Arc::new(AtomicBool::new(false));
                 let client = SpawnedConnector::new(Feeder {
