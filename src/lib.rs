@@ -62,12 +62,12 @@ pub mod python;
 pub mod object_store;
 
 /// Fault injection for forksafe's own fork suites, compiled in only with
-/// `RUSTFLAGS="--cfg forksafe_test_hooks"`: no feature of this crate can turn it on.
-#[cfg(forksafe_test_hooks)]
-mod test_hooks;
-#[cfg(forksafe_test_hooks)]
+/// `RUSTFLAGS="--cfg forksafe_fault_injection"`: no feature of this crate can turn it on.
+#[cfg(forksafe_fault_injection)]
+mod fault_injection;
+#[cfg(forksafe_fault_injection)]
 #[doc(hidden)]
-pub use test_hooks::{clear_build_hook, lock_lineage_shard, set_build_hook};
+pub use fault_injection::{clear_build_hook, lock_lineage_shard, set_build_hook};
 
 pub use config::{RuntimeConfig, MIN_THREAD_STACK_SIZE};
 pub use error::{Error, Result};

@@ -41,8 +41,8 @@ pub fn runtime() -> Result<&'static Runtime> {
 #[cold]
 fn build_for(process: &'static crate::process::Process) -> Result<&'static Runtime> {
     process.runtime_or_build(|| {
-        #[cfg(forksafe_test_hooks)]
-        crate::test_hooks::while_building_runtime();
+        #[cfg(forksafe_fault_injection)]
+        crate::fault_injection::while_building_runtime();
         build(config::current()).map_err(|source| Error::Build {
             pid: process.pid(),
             source,

@@ -1,7 +1,7 @@
 //! Locks held, and threads parked, at the instant of fork (invariant 3 and the parking-table
 //! hazard of docs/design.md).
 //!
-//! Needs the fault injection compiled in with `RUSTFLAGS="--cfg forksafe_test_hooks"`, which
+//! Needs the fault injection compiled in with `RUSTFLAGS="--cfg forksafe_fault_injection"`, which
 //! `scripts/test` always passes. Without it both tests are listed as ignored, with that reason.
 //!
 //! The two tests share a process-wide lock and take turns: the first installs a build hook (in a
@@ -10,28 +10,28 @@
 
 /// Without the fault injection the two scenarios cannot run: each is listed as ignored, with
 /// the reason, under its own name (and fails if run anyway with `--include-ignored`).
-#[cfg(not(forksafe_test_hooks))]
-mod without_hooks {
-    const WHY: &str = "needs RUSTFLAGS=\"--cfg forksafe_test_hooks\" (scripts/test sets it)";
+#[cfg(not(forksafe_fault_injection))]
+mod without_fault_injection {
+    const WHY: &str = "needs RUSTFLAGS=\"--cfg forksafe_fault_injection\" (scripts/test sets it)";
 
     #[test]
-    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_test_hooks\" (scripts/test sets it)"]
+    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_fault_injection\" (scripts/test sets it)"]
     fn fork_while_a_thread_holds_the_runtime_build_lock() {
         panic!("scenario 6 {WHY}");
     }
 
     #[test]
-    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_test_hooks\" (scripts/test sets it)"]
+    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_fault_injection\" (scripts/test sets it)"]
     fn fork_while_a_thread_is_parked_on_the_lineage_lock() {
         panic!("scenario 7 {WHY}");
     }
 }
 
-#[cfg(forksafe_test_hooks)]
+#[cfg(forksafe_fault_injection)]
 mod common;
 
-#[cfg(forksafe_test_hooks)]
-mod with_hooks {
+#[cfg(forksafe_fault_injection)]
+mod with_fault_injection {
 
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicBool, Ordering};
