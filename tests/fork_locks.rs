@@ -28,7 +28,17 @@ mod without_fault_injection {
 }
 
 #[cfg(forksafe_fault_injection)]
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod quiesce;
+    pub mod sys;
+    pub mod threads;
+    pub mod wire;
+    pub mod workload;
+}
 
 #[cfg(forksafe_fault_injection)]
 mod with_fault_injection {
@@ -38,7 +48,7 @@ mod with_fault_injection {
     use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard};
     use std::time::{Duration, Instant};
 
-    use crate::common::*;
+    use crate::support::{fork::*, quiesce::*, sys::*, threads::*, wire::*, workload::*};
 
     static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -228,7 +238,7 @@ mod with_fault_injection {
             // It is parked once it sleeps in futex (after parking_lot's brief spinning).
             wait_until_blocked_in_futex(tid, Duration::from_secs(10));
             if method == ForkMethod::RawSyscall {
-                // Every other thread (the harness's, the parked one) must be blocked: see common.
+                // Every other thread (the harness's, the parked one) must be blocked: see support/quiesce.rs.
                 wait_until_quiescent(Duration::from_secs(10));
             }
             let report = fork_child(method, Duration::from_secs(20), thirty_two_threads);
