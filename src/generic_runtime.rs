@@ -56,7 +56,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Implements pyo3-async-runtimes' generic runtime traits for a unit struct, backed by this
 /// process's forksafe runtime.
@@ -350,7 +350,7 @@ impl Future for JoinHandle {
     }
 }
 
-fn handle_of(spawned: crate::Result<tokio::task::JoinHandle<()>>) -> JoinHandle {
+fn handle_of(spawned: crate::error::Result<tokio::task::JoinHandle<()>>) -> JoinHandle {
     JoinHandle(match spawned {
         Ok(task) => State::Task(task),
         Err(error) => State::Failed(Some(error)),

@@ -19,10 +19,15 @@
 //! * [`generic_runtime!`]: for an extension on an older PyO3 (pyo3-async-runtimes 0.25 to 0.30),
 //!   a runtime type for `pyo3_async_runtimes::generic`, with no PyO3 dependency of forksafe's.
 //!
-//! The modules, in dependency order (none imports one that imports it back): `error`;
-//! `publish` (a value published through one atomic pointer, without a lock); `config`
-//! (the [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which
-//! record is mine); `runtime`, `fork_local` and `info` on top; `python` last.
+//! The modules, in dependency order (none imports one that imports it back; `scripts/check-layout`
+//! checks it, and docs/design.md's module table says what each holds): `error`; `publish` (a
+//! value published through one atomic pointer, without a lock); `sys` (platform code: can the
+//! platform fork, `getpid`, the wipe-on-fork page, the loop wake-up pipe); `config` (the
+//! [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which record is
+//! mine); `runtime`, `fork_local` and `info` on top; then the integrations: `generic_runtime`
+//! (what [`generic_runtime!`] expands against), `object_store` (features `object-store-0-13`,
+//! `object-store-0-14`) and `python` last. `fault_injection` exists only under
+//! `--cfg forksafe_fault_injection`.
 //!
 //! ```
 //! // Works the same in the parent and in any forked child.

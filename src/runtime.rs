@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-use crate::{config, guard, Error, Result, RuntimeConfig};
+use crate::config::{self, RuntimeConfig};
+use crate::error::{Error, Result};
+use crate::guard;
 
 /// This process's runtime, built on first use in each process.
 ///
