@@ -58,6 +58,7 @@ mod process;
 mod publish;
 mod runtime;
 mod sys;
+mod task;
 
 #[cfg(feature = "python")]
 #[cfg_attr(docsrs, doc(cfg(feature = "python")))]
