@@ -23,8 +23,8 @@ CONTROL_DEADLINE = 3.0
 def _control_echo() -> Any:
     if not forksafe._native.CONTROL_PROBE:
         pytest.fail(
-            "forksafe._native was built without the control probe: the fork suite needs the test wheel, "
-            "built with `maturin build --features control-probe`",
+            "forksafe._native was built without the control probe: the fork suite needs the test "
+            "wheel, built with `maturin build --features control-probe`",
             pytrace=False,
         )
     return forksafe._native.testing.control_echo
