@@ -3,8 +3,8 @@
 //! The configuration lives in one immutable, leaked value behind an atomic pointer ([`Published`]), so a child
 //! reads its parent's configuration without taking any lock (invariant 3) and rebuilds with it.
 
+use crate::error::{Error, Result};
 use crate::publish::Published;
-use crate::{Error, Result};
 
 /// How each process's tokio runtime is built. Set with [`configure`](crate::configure) before first use.
 ///

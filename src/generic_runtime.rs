@@ -51,13 +51,6 @@
 //! expansion is the 0.25 one. A minor it does not know is a compile error naming the known ones,
 //! never a guess.
 
-use std::any::Any;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use crate::Error;
-
 /// Implements pyo3-async-runtimes' generic runtime traits for a unit struct, backed by this
 /// process's forksafe runtime.
 ///
@@ -206,8 +199,21 @@ macro_rules! generic_runtime {
                 static TASK_LOCALS: TaskLocals;
             }
 
+            /// Why a task did not finish: forksafe's `TaskError` (its `is_panic` policy included).
             #[derive(Debug)]
             pub struct ForksafeJoinError($crate::__private::JoinError);
+
+            impl ::core::fmt::Display for ForksafeJoinError {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    ::core::fmt::Display::fmt(&self.0, f)
+                }
+            }
+
+            impl ::std::error::Error for ForksafeJoinError {
+                fn source(&self) -> ::core::option::Option<&(dyn ::std::error::Error + 'static)> {
+                    ::core::option::Option::Some(&self.0)
+                }
+            }
 
             impl generic::JoinError for ForksafeJoinError {
                 fn is_panic(&self) -> bool {
@@ -290,94 +296,8 @@ macro_rules! generic_runtime {
 pub mod __private {
     pub use tokio;
 
-    pub use super::{spawn, spawn_blocking, spawn_local, JoinError, JoinHandle};
-}
-
-/// Why a task spawned through the macro's runtime type did not finish.
-#[derive(Debug)]
-pub enum JoinError {
-    /// tokio's: the task panicked or was cancelled.
-    Task(tokio::task::JoinError),
-    /// This process's runtime could not be built, so the task never ran.
-    Runtime(Error),
-    /// The handle was polled again after it resolved.
-    Polled,
-}
-
-impl JoinError {
-    /// Whether pyo3-async-runtimes should report this to Python. A runtime that cannot be built
-    /// counts, so that the awaitable fails instead of staying pending.
-    pub fn is_panic(&self) -> bool {
-        match self {
-            JoinError::Task(error) => error.is_panic(),
-            JoinError::Runtime(_) | JoinError::Polled => true,
-        }
-    }
-
-    /// The panic payload, or the error's message as one (never panics, unlike tokio's).
-    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
-        match self {
-            JoinError::Task(error) => match error.try_into_panic() {
-                Ok(payload) => payload,
-                Err(error) => Box::new(error.to_string()),
-            },
-            JoinError::Runtime(error) => Box::new(error.to_string()),
-            JoinError::Polled => Box::new(String::from("join handle polled after it resolved")),
-        }
-    }
-}
-
-/// A task of this process's runtime, or the error that kept it from being spawned.
-#[derive(Debug)]
-pub struct JoinHandle(State);
-
-#[derive(Debug)]
-enum State {
-    Task(tokio::task::JoinHandle<()>),
-    Failed(Option<Error>),
-}
-
-impl Future for JoinHandle {
-    type Output = Result<(), JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            State::Task(task) => Pin::new(task).poll(cx).map_err(JoinError::Task),
-            State::Failed(error) => Poll::Ready(Err(error
-                .take()
-                .map_or(JoinError::Polled, JoinError::Runtime))),
-        }
-    }
-}
-
-fn handle_of(spawned: crate::Result<tokio::task::JoinHandle<()>>) -> JoinHandle {
-    JoinHandle(match spawned {
-        Ok(task) => State::Task(task),
-        Err(error) => State::Failed(Some(error)),
-    })
-}
-
-/// `Runtime::spawn`: onto this process's runtime.
-pub fn spawn<F>(fut: F) -> JoinHandle
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    handle_of(crate::spawn(fut))
-}
-
-/// `Runtime::spawn_blocking`: onto this process's blocking pool.
-pub fn spawn_blocking<F>(f: F) -> JoinHandle
-where
-    F: FnOnce() + Send + 'static,
-{
-    handle_of(crate::spawn_blocking(f))
-}
-
-/// `SpawnLocalExt::spawn_local`: onto the calling thread's `LocalSet`, as pyo3-async-runtimes'
-/// tokio runtime does (tokio panics outside one; that is the generic layer's contract).
-pub fn spawn_local<F>(fut: F) -> JoinHandle
-where
-    F: Future<Output = ()> + 'static,
-{
-    JoinHandle(State::Task(tokio::task::spawn_local(fut)))
+    // One task type for both generic runtimes (src/task.rs); the macro's names for it.
+    pub use crate::task::{
+        spawn, spawn_blocking, spawn_local, TaskError as JoinError, TaskHandle as JoinHandle,
+    };
 }

@@ -19,10 +19,15 @@
 //! * [`generic_runtime!`]: for an extension on an older PyO3 (pyo3-async-runtimes 0.25 to 0.30),
 //!   a runtime type for `pyo3_async_runtimes::generic`, with no PyO3 dependency of forksafe's.
 //!
-//! The modules, in dependency order (none imports one that imports it back): `error`;
-//! `publish` (a value published through one atomic pointer, without a lock); `config`
-//! (the [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which
-//! record is mine); `runtime`, `fork_local` and `info` on top; `python` last.
+//! The modules, in dependency order (none imports one that imports it back; `scripts/check-layout`
+//! checks it, and docs/design.md's module table says what each holds): `error`; `publish` (a
+//! value published through one atomic pointer, without a lock); `sys` (platform code: can the
+//! platform fork, `getpid`, the wipe-on-fork page, the loop wake-up pipe); `config` (the
+//! [`RuntimeConfig`]); `process` (the per-process record: the registry); `guard` (which record is
+//! mine); `runtime`, `fork_local` and `info` on top; then the integrations: `generic_runtime`
+//! (what [`generic_runtime!`] expands against), `object_store` (features `object-store-0-13`,
+//! `object-store-0-14`) and `python` last. `fault_injection` exists only under
+//! `--cfg forksafe_fault_injection`.
 //!
 //! ```
 //! // Works the same in the parent and in any forked child.
@@ -53,6 +58,7 @@ mod process;
 mod publish;
 mod runtime;
 mod sys;
+mod task;
 
 #[cfg(feature = "python")]
 #[cfg_attr(docsrs, doc(cfg(feature = "python")))]
@@ -62,12 +68,12 @@ pub mod python;
 pub mod object_store;
 
 /// Fault injection for forksafe's own fork suites, compiled in only with
-/// `RUSTFLAGS="--cfg forksafe_test_hooks"`: no feature of this crate can turn it on.
-#[cfg(forksafe_test_hooks)]
-mod test_hooks;
-#[cfg(forksafe_test_hooks)]
+/// `RUSTFLAGS="--cfg forksafe_fault_injection"`: no feature of this crate can turn it on.
+#[cfg(forksafe_fault_injection)]
+mod fault_injection;
+#[cfg(forksafe_fault_injection)]
 #[doc(hidden)]
-pub use test_hooks::{clear_build_hook, lock_lineage_shard, set_build_hook};
+pub use fault_injection::{clear_build_hook, lock_lineage_shard, set_build_hook};
 
 pub use config::{RuntimeConfig, MIN_THREAD_STACK_SIZE};
 pub use error::{Error, Result};

@@ -151,7 +151,7 @@ impl Process {
         inherited
     }
 
-    #[cfg(forksafe_test_hooks)]
+    #[cfg(forksafe_fault_injection)]
     pub(crate) fn lineage(&self) -> &DashMap<u32, Vec<InheritedRuntime>> {
         &self.lineage
     }

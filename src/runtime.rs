@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-use crate::{config, guard, Error, Result, RuntimeConfig};
+use crate::config::{self, RuntimeConfig};
+use crate::error::{Error, Result};
+use crate::guard;
 
 /// This process's runtime, built on first use in each process.
 ///
@@ -41,8 +43,8 @@ pub fn runtime() -> Result<&'static Runtime> {
 #[cold]
 fn build_for(process: &'static crate::process::Process) -> Result<&'static Runtime> {
     process.runtime_or_build(|| {
-        #[cfg(forksafe_test_hooks)]
-        crate::test_hooks::while_building_runtime();
+        #[cfg(forksafe_fault_injection)]
+        crate::fault_injection::while_building_runtime();
         build(config::current()).map_err(|source| Error::Build {
             pid: process.pid(),
             source,

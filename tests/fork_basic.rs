@@ -5,12 +5,22 @@
 //!
 //! All forks here go through glibc's `fork()`, so the tests of this binary may run in parallel.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod sys;
+    pub mod threads;
+    pub mod wire;
+    pub mod workload;
+}
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::*;
+use support::host::std_thread_registry_off;
+use support::{fork::*, guard_mode::*, sys::*, threads::*, wire::*, workload::*};
 
 /// Scenario 1: the basic case, checked value by value.
 #[test]
@@ -361,7 +371,7 @@ fn child_panics_are_reported_to_the_parent() {
 }
 
 /// The suite's processes run without std's stack-overflow thread registry, like a Python
-/// extension's host process (see tests/common/mod.rs for why): in the test process and in a
+/// extension's host process (see tests/support/host.rs for why): in the test process and in a
 /// forked child.
 #[test]
 #[allow(
@@ -376,7 +386,7 @@ fn test_processes_run_without_std_stack_overflow_registry() {
     }
     assert!(
         std_thread_registry_off(),
-        "the constructor in tests/common did not run"
+        "the constructor in tests/support/host.rs did not run"
     );
     let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
         rep.kv("registry_off", std_thread_registry_off());

@@ -10,13 +10,19 @@
 //! The configuring happens in forked helper processes that have not built their runtime yet, so
 //! the test process's own runtime and the other tests of this binary are unaffected.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod hang;
+    pub mod host;
+    pub mod sys;
+    pub mod wire;
+}
 
 use std::time::Duration;
 
 use forksafe::{Error, RuntimeConfig};
 
-use common::*;
+use support::{fork::*, sys::*, wire::*};
 
 fn invalid_field(config: RuntimeConfig) -> String {
     match forksafe::configure(config) {
@@ -244,7 +250,7 @@ fn block_on_inside_the_runtime_is_an_error_not_a_panic() {
             }
             String::from_utf8_lossy(&out).into_owned()
         });
-        block_on_misuse(&reporter_on(fds[1]));
+        block_on_misuse(&Reporter::new(fds[1]));
         // SAFETY: our write end, closed once; the reader then sees EOF.
         unsafe { libc::close(fds[1]) };
         reader.join().unwrap()

@@ -3,7 +3,14 @@
 //!
 //! Each test has its own statics, so the tests of this binary may run in parallel.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod hang;
+    pub mod host;
+    pub mod sys;
+    pub mod threads;
+    pub mod wire;
+}
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
@@ -11,7 +18,7 @@ use std::time::Duration;
 
 use forksafe::ForkLocal;
 
-use common::*;
+use support::{fork::*, sys::*, threads::*, wire::*};
 
 /// A per-process resource that remembers who built it and logs its own drop.
 struct Resource {

@@ -1,7 +1,7 @@
 //! Locks held, and threads parked, at the instant of fork (invariant 3 and the parking-table
 //! hazard of docs/design.md).
 //!
-//! Needs the fault injection compiled in with `RUSTFLAGS="--cfg forksafe_test_hooks"`, which
+//! Needs the fault injection compiled in with `RUSTFLAGS="--cfg forksafe_fault_injection"`, which
 //! `scripts/test` always passes. Without it both tests are listed as ignored, with that reason.
 //!
 //! The two tests share a process-wide lock and take turns: the first installs a build hook (in a
@@ -10,35 +10,45 @@
 
 /// Without the fault injection the two scenarios cannot run: each is listed as ignored, with
 /// the reason, under its own name (and fails if run anyway with `--include-ignored`).
-#[cfg(not(forksafe_test_hooks))]
-mod without_hooks {
-    const WHY: &str = "needs RUSTFLAGS=\"--cfg forksafe_test_hooks\" (scripts/test sets it)";
+#[cfg(not(forksafe_fault_injection))]
+mod without_fault_injection {
+    const WHY: &str = "needs RUSTFLAGS=\"--cfg forksafe_fault_injection\" (scripts/test sets it)";
 
     #[test]
-    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_test_hooks\" (scripts/test sets it)"]
+    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_fault_injection\" (scripts/test sets it)"]
     fn fork_while_a_thread_holds_the_runtime_build_lock() {
         panic!("scenario 6 {WHY}");
     }
 
     #[test]
-    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_test_hooks\" (scripts/test sets it)"]
+    #[ignore = "needs RUSTFLAGS=\"--cfg forksafe_fault_injection\" (scripts/test sets it)"]
     fn fork_while_a_thread_is_parked_on_the_lineage_lock() {
         panic!("scenario 7 {WHY}");
     }
 }
 
-#[cfg(forksafe_test_hooks)]
-mod common;
+#[cfg(forksafe_fault_injection)]
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod quiesce;
+    pub mod sys;
+    pub mod threads;
+    pub mod wire;
+    pub mod workload;
+}
 
-#[cfg(forksafe_test_hooks)]
-mod with_hooks {
+#[cfg(forksafe_fault_injection)]
+mod with_fault_injection {
 
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard};
     use std::time::{Duration, Instant};
 
-    use crate::common::*;
+    use crate::support::{fork::*, quiesce::*, sys::*, threads::*, wire::*, workload::*};
 
     static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -228,7 +238,7 @@ mod with_hooks {
             // It is parked once it sleeps in futex (after parking_lot's brief spinning).
             wait_until_blocked_in_futex(tid, Duration::from_secs(10));
             if method == ForkMethod::RawSyscall {
-                // Every other thread (the harness's, the parked one) must be blocked: see common.
+                // Every other thread (the harness's, the parked one) must be blocked: see support/quiesce.rs.
                 wait_until_quiescent(Duration::from_secs(10));
             }
             let report = fork_child(method, Duration::from_secs(20), thirty_two_threads);

@@ -9,11 +9,20 @@
 //! idle tokio workers and blocking-pool threads) is blocked in the kernel outside memory
 //! management (`wait_until_quiescent`), and it keeps no timer pending in the forking process.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod quiesce;
+    pub mod sys;
+    pub mod wire;
+    pub mod workload;
+}
 
 use std::time::Duration;
 
-use common::*;
+use support::{fork::*, quiesce::*, sys::*, wire::*, workload::*};
 
 /// Raw fork in a process whose own runtime is idle.
 fn raw_generation(rep: &Reporter, depth_left: u32) {

@@ -5,14 +5,23 @@
 //! * Scenario 10: a fork storm of 1,000 forks, 600 sequential and 4 x 100 from concurrent
 //!   forking threads; every child does a small real runtime operation and reports.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod sys;
+    pub mod threads;
+    pub mod wire;
+    pub mod workload;
+}
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use support::{fork::*, sys::*, threads::*, wire::*, workload::*};
 
 #[test]
 fn forks_from_a_side_thread_while_parent_tasks_run() {

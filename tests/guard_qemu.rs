@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 
 use forksafe::ForkLocal;
 
+mod support {
+    pub mod skip;
+}
+use support::skip::require_or_skip;
+
 static BUILDS: AtomicU32 = AtomicU32::new(0);
 
 /// Each process's value: the PID that built it.
@@ -63,10 +68,11 @@ fn main() {
     }
     let Some(qemu) = find_on_path("qemu-x86_64") else {
         let reason = "qemu-x86_64 is not on PATH (Debian: apt-get install qemu-user)";
-        if std::env::var_os("FORKSAFE_REQUIRE_QEMU").is_some() {
-            panic!("FORKSAFE_REQUIRE_QEMU is set but {reason}");
-        }
-        println!("skipped (qemu-x86_64 half): {reason}");
+        require_or_skip(
+            "FORKSAFE_REQUIRE_QEMU",
+            "guard_qemu (its qemu-x86_64 half)",
+            reason,
+        );
         return;
     };
     let emulated = run_guest(Some(&qemu));

@@ -5,11 +5,17 @@
 //! runtime, streams the body frame by frame, and aborts the task when the response is dropped.
 //! The S3 side (moto, every fork path, credentials) is examples/object-store/tests.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod hang;
+    pub mod host;
+    pub mod sys;
+    pub mod wire;
+}
 
 use std::time::Duration;
 
-use common::*;
+use support::{fork::*, sys::*};
 
 /// Names forksafe's runtime threads `fs-io`. Every test calls it first, so whichever test builds
 /// the runtime, it is built with this name (tests run in parallel threads of one process).

@@ -23,11 +23,21 @@
 //! With `FORKSAFE_PID_CHECK=syscall` the guard compares PIDs only and cannot see PID reuse, by
 //! design (documented), so the test says so and returns.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod skip;
+    pub mod sys;
+    pub mod wire;
+    pub mod workload;
+}
 
 use std::time::Duration;
 
-use common::*;
+use support::hang::wait_with_deadline;
+use support::{fork::*, guard_mode::*, skip::*, sys::*, wire::*, workload::*};
 
 /// Reads one byte from `fd`, waiting at most `timeout`. True if a byte arrived.
 fn wait_for_byte(fd: libc::c_int, timeout: Duration) -> bool {
@@ -157,17 +167,6 @@ fn process_i(root: &Reporter) {
     }
 }
 
-/// `FORKSAFE_REQUIRE_NAMESPACES=1` (set by scripts/test) turns a refused `unshare` into a
-/// failure, as `FORKSAFE_REQUIRE_QEMU` does for tests/guard_qemu.rs; without it the test prints
-/// `SKIPPED` with the reason to the real stderr.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "the test harness reads its switch in the parent, before it forks"
-)]
-fn require_namespaces() -> bool {
-    std::env::var_os("FORKSAFE_REQUIRE_NAMESPACES").is_some_and(|v| v != "0")
-}
-
 #[test]
 fn a_grandchild_handed_an_exited_ancestors_pid_builds_its_own_runtime() {
     if syscall_mode_requested() {
@@ -208,10 +207,9 @@ fn a_grandchild_handed_an_exited_ancestors_pid_builds_its_own_runtime() {
             errno == libc::EPERM || errno == libc::EINVAL,
             "unshare failed unexpectedly: {why}"
         );
-        if require_namespaces() {
-            panic!("FORKSAFE_REQUIRE_NAMESPACES is set but the test cannot run: {why}");
-        }
-        skip(
+        // CI sets FORKSAFE_REQUIRE_NAMESPACES=1 (scripts/test): there a refused unshare fails.
+        require_or_skip(
+            "FORKSAFE_REQUIRE_NAMESPACES",
             "a_grandchild_handed_an_exited_ancestors_pid_builds_its_own_runtime",
             why,
         );

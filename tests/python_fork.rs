@@ -12,15 +12,23 @@
 //! With the feature `unstable-streams`, parent and child also pull an async generator through
 //! `into_stream_v1` and `into_stream_v2`.
 //!
-//! `FORKSAFE_TEST_REQUIRE_UVLOOP=1` (set by scripts/test) turns a missing uvloop into a failure;
+//! `FORKSAFE_REQUIRE_UVLOOP=1` (set by scripts/test) turns a missing uvloop into a failure;
 //! otherwise the uvloop checks are skipped with the reason printed.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod skip;
+    pub mod sys;
+    pub mod wire;
+}
 
 use std::ffi::CString;
 use std::time::Duration;
 
-use common::*;
+use support::{fork::*, guard_mode::*, skip::*, sys::*};
 // The bridge under test. (The control run of the report swaps this line for
 // `use pyo3_async_runtimes::tokio as bridge;`: every child then hangs at its deadline.)
 use forksafe::python as bridge;
@@ -197,10 +205,6 @@ fn streams(py: Python<'_>, module: &Bound<'_, PyModule>, x: u64) -> PyResult<(St
 }
 
 /// Checks one round's values for the process `pid`.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "the test harness reads its switch in the parent, not in a child it forked"
-)]
 fn check_round(round: &Round, pid: u32, x: u64, context: &str) {
     assert_eq!(round.get("get_runtime"), (x + 1).to_string(), "{context}");
     assert_eq!(round.get("run.doubled"), (x * 2).to_string(), "{context}");
@@ -228,13 +232,12 @@ fn check_round(round: &Round, pid: u32, x: u64, context: &str) {
             "{context}: into_stream_v2"
         );
     }
-    let require_uvloop = std::env::var_os("FORKSAFE_TEST_REQUIRE_UVLOOP").is_some();
     if let Some((_, reason)) = round.0.iter().find(|(k, _)| k == "uvloop.skipped") {
-        assert!(
-            !require_uvloop,
-            "{context}: uvloop required but missing: {reason}"
+        require_or_skip(
+            "FORKSAFE_REQUIRE_UVLOOP",
+            &format!("the uvloop checks in {context}"),
+            reason,
         );
-        println!("uvloop checks skipped in {context}: {reason}");
         return;
     }
     assert_eq!(

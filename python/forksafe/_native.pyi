@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 __version__: str
-TEST_HOOKS: bool
+CONTROL_PROBE: bool
 
 def process_token() -> int:
     """An identifier of the calling process that no descendant shares."""
@@ -16,7 +16,7 @@ def runtime_info() -> dict[str, Any]:
     guard_reason, gil_enabled)."""
 
 def build_info() -> dict[str, Any]:
-    """What the extension was built with: ``tokio_features`` and ``test_hooks``."""
+    """What the extension was built with: ``tokio_features`` and ``control_probe``."""
 
 def configure(
     *,

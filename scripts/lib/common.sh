@@ -4,14 +4,14 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # The library's fault injection (tests/fork_locks.rs) is compiled in by a --cfg, never by a
 # feature. Every cargo step of the fork suites uses the same flags, so they share one build.
-FAULT_RUSTFLAGS="--cfg forksafe_test_hooks"
+FAULT_RUSTFLAGS="--cfg forksafe_fault_injection"
 # The native module's feature that adds the control probe (plain pyo3-async-runtimes).
-CONTROL_FEATURE="test-hooks"
+CONTROL_FEATURE="control-probe"
 
 # tests/python_fork.rs embeds an interpreter: it gets the venv's packages (uvloop, required
 # here) and the libpython it was built against (not another install's of the same version).
 eval "$("$PY" -c 'import sysconfig as s; print("PYLIB=%s SITE=%s" % (s.get_config_var("LIBDIR"), s.get_paths()["purelib"]))')"
-embedded() { PYTHONPATH="$SITE" LD_LIBRARY_PATH="$PYLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" FORKSAFE_TEST_REQUIRE_UVLOOP=1 "$@"; }
+embedded() { PYTHONPATH="$SITE" LD_LIBRARY_PATH="$PYLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" FORKSAFE_REQUIRE_UVLOOP=1 "$@"; }
 
 # need_test_wheel [PROFILE]: the test wheel (the release build plus the control probe) in
 # target/test-wheel, installed into the venv. Built once per scripts/test run

@@ -335,3 +335,36 @@ fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<(Arc<Queue>, 
         Err(err) => Err(err),
     }
 }
+
+/// `future_into_py_with_locals`: spawns `fut` on this process's runtime, in `locals`' task-local
+/// scope, and returns the asyncio future it completes through `locals`' loop's queue.
+pub(super) fn spawn_into_py<F, T>(
+    py: Python<'_>,
+    locals: TaskLocals,
+    fut: F,
+) -> PyResult<Bound<'_, PyAny>>
+where
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    let runtime = crate::runtime::runtime().map_err(super::error::to_py_err)?;
+    let event_loop = locals.event_loop(py);
+    let queue = queue_for(&event_loop)?;
+    let py_future = event_loop.call_method0(intern!(py, "create_future"))?;
+    let (task, on_done) = super::cancel::Cancellable::new(fut);
+    py_future.call_method1(intern!(py, "add_done_callback"), (on_done,))?;
+    let future = py_future.clone().unbind();
+    runtime.spawn(async move {
+        let scope = super::generic::TASK_LOCALS.scope(std::cell::OnceCell::from(locals), task);
+        let mut scoped = std::pin::pin!(scope);
+        let ending = scoped.as_mut().await;
+        // The locals come back out of the scope and travel with the result, so the loop's last
+        // reference is never dropped on this tokio thread (docs/design.md, "Without the GIL").
+        let locals = scoped
+            .as_mut()
+            .take_value()
+            .and_then(std::cell::OnceCell::into_inner);
+        queue.push(Done::new(future, locals, ending));
+    });
+    Ok(py_future)
+}

@@ -8,14 +8,13 @@
 use std::cell::OnceCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use pyo3_async_runtimes::generic::{
     self, ContextExt, LocalContextExt, Runtime as GenericRuntime, SpawnLocalExt,
 };
 use pyo3_async_runtimes::TaskLocals;
 
-use crate::Error;
+use crate::task::{self, TaskError, TaskHandle};
 
 /// The pyo3-async-runtimes runtime type backed by this process's forksafe runtime.
 ///
@@ -28,61 +27,13 @@ use crate::Error;
 /// ```
 pub struct ForksafeRuntime;
 
-/// Why a task spawned through [`ForksafeRuntime`] did not complete.
-///
-/// ```
-/// use forksafe::python::{ForksafeRuntime, TaskError};
-/// use pyo3_async_runtimes::generic::Runtime;
-///
-/// let task = ForksafeRuntime::spawn(async { panic!("boom") });
-/// let err: TaskError = forksafe::block_on(task).unwrap().unwrap_err();
-/// assert!(err.to_string().contains("panicked"));
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TaskError {
-    /// The task panicked or was cancelled.
-    #[error("task failed: {0}")]
-    Join(#[source] tokio::task::JoinError),
-    /// This process's runtime could not be built, so the task never ran.
-    #[error("task never ran: {0}")]
-    Runtime(#[source] Error),
-}
-
 impl generic::JoinError for TaskError {
     fn is_panic(&self) -> bool {
-        matches!(self, TaskError::Join(e) if e.is_panic())
+        TaskError::is_panic(self)
     }
 
     fn into_panic(self) -> Box<dyn std::any::Any + Send + 'static> {
-        match self {
-            TaskError::Join(e) if e.is_panic() => e.into_panic(),
-            other => Box::new(format!("{other:?}")),
-        }
-    }
-}
-
-/// The join handle returned by [`ForksafeRuntime`]'s spawns.
-///
-/// ```
-/// use forksafe::python::{ForksafeRuntime, TaskHandle};
-/// use pyo3_async_runtimes::generic::Runtime;
-///
-/// let handle: TaskHandle = ForksafeRuntime::spawn_blocking(|| {});
-/// assert!(forksafe::block_on(handle).unwrap().is_ok());
-/// ```
-pub struct TaskHandle(Result<tokio::task::JoinHandle<()>, Option<Error>>);
-
-impl Future for TaskHandle {
-    type Output = Result<(), TaskError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            Ok(handle) => Pin::new(handle).poll(cx).map_err(TaskError::Join),
-            Err(error) => Poll::Ready(Err(TaskError::Runtime(
-                error.take().expect("TaskHandle polled after completion"),
-            ))),
-        }
+        TaskError::into_panic(self)
     }
 }
 
@@ -94,14 +45,14 @@ impl GenericRuntime for ForksafeRuntime {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        TaskHandle(crate::spawn(fut).map_err(Some))
+        task::spawn(fut)
     }
 
     fn spawn_blocking<F>(f: F) -> Self::JoinHandle
     where
         F: FnOnce() + Send + 'static,
     {
-        TaskHandle(crate::spawn_blocking(f).map_err(Some))
+        task::spawn_blocking(f)
     }
 }
 
@@ -131,7 +82,7 @@ impl SpawnLocalExt for ForksafeRuntime {
     where
         F: Future<Output = ()> + 'static,
     {
-        TaskHandle(Ok(tokio::task::spawn_local(fut)))
+        task::spawn_local(fut)
     }
 }
 

@@ -35,36 +35,35 @@
 //! The functions below come in `pyo3_async_runtimes::tokio`'s order, each over the machinery in
 //! this module's private files: `generic` ([`ForksafeRuntime`], pyo3-async-runtimes' generic
 //! traits over this process's runtime), `locals` (which loop and context a task belongs to),
-//! `completion` (the queue that brings finished futures back to their loop) and `cancel`
-//! (cancellation from Python). [`ForksafeRuntime`] implements
+//! `completion` (spawning a future for a loop, and the queue that brings it back finished),
+//! `cancel` (cancellation from Python), `run` (a future driven to its end on a loop from
+//! synchronous code) and `error` (forksafe's errors as Python exceptions); the task handle and
+//! its error ([`TaskHandle`], [`TaskError`]) are the crate's, shared with
+//! [`generic_runtime!`](crate::generic_runtime). [`ForksafeRuntime`] implements
 //! `pyo3_async_runtimes::generic::{Runtime, ContextExt, SpawnLocalExt, LocalContextExt}`, so
 //! the rest of pyo3-async-runtimes' generic API works on top of forksafe too.
 
-use std::cell::OnceCell;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{self as upstream, ContextExt, LocalContextExt};
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::Runtime;
 
-use crate::{Error, RuntimeConfig};
+use crate::config::RuntimeConfig;
+use crate::error::Error;
 #[cfg(feature = "unstable-streams")]
 use futures_core::Stream;
 
 mod cancel;
 mod completion;
+mod error;
 mod generic;
 mod locals;
+mod run;
 
-pub use generic::{ForksafeRuntime, TaskError, TaskHandle};
-
-use cancel::Cancellable;
-use completion::Done;
-use generic::TASK_LOCALS;
+pub use crate::task::{TaskError, TaskHandle};
+pub use generic::ForksafeRuntime;
 
 /// Runs `fut` with `locals` as its task locals: inside it, [`get_current_loop`],
 /// [`get_current_locals`], [`future_into_py`] and
@@ -199,13 +198,8 @@ pub fn init(config: RuntimeConfig) -> crate::Result<()> {
 /// runtime, whose threads do not exist. Call `get_runtime()` again where you use it; the check
 /// costs about a nanosecond.
 ///
-/// **Objects built in the parent.** This makes the runtime per-process, not the objects your
-/// extension built with it: an HTTP client with pooled keep-alive connections, or a task or
-/// handle on the parent's runtime, used in a forked child hangs it. Hold such objects in a
-/// [`ForkLocal`](crate::ForkLocal) ([`ForkLocal::with_init`](crate::ForkLocal::with_init)), or
-/// for `object_store` use the fork-local connector of `forksafe::object_store`; see
-/// [the module docs](self#objects-built-in-the-parent) and the guide
-/// (`docs/extension-authors.md`, "Objects built in the parent").
+/// The runtime is per-process; the objects your extension built with it are not: see
+/// [objects built in the parent](self#objects-built-in-the-parent).
 ///
 /// # Panics
 ///
@@ -253,19 +247,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + Sync + 'static,
 {
-    let py = event_loop.py();
-    let slot = Arc::new(Mutex::new(None));
-    let filled = slot.clone();
-    let locals = TaskLocals::new(event_loop.clone()).with_context(locals::copy_context(py)?);
-    let awaitable = future_into_py_with_locals(py, locals, async move {
-        let value = fut.await?;
-        *filled.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
-        Ok(())
-    })?;
-    event_loop.call_method1(intern!(py, "run_until_complete"), (awaitable,))?;
-    let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-    value
-        .ok_or_else(|| PyRuntimeError::new_err("the event loop stopped before the future finished"))
+    run::until_complete(event_loop, fut)
 }
 
 /// Runs `fut` to completion on a new asyncio loop, then shuts the loop down (async generators,
@@ -296,12 +278,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: Send + Sync + 'static,
 {
-    let event_loop = py
-        .import(intern!(py, "asyncio"))?
-        .call_method0(intern!(py, "new_event_loop"))?;
-    let result = run_until_complete(event_loop.clone(), fut);
-    close(&event_loop)?;
-    result
+    run::on_new_loop(py, fut)
 }
 
 /// [`future_into_py`] with explicit task locals (the loop to complete
@@ -332,22 +309,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    let runtime = crate::runtime().map_err(to_py_err)?;
-    let event_loop = locals.event_loop(py);
-    let queue = completion::queue_for(&event_loop)?;
-    let py_future = event_loop.call_method0(intern!(py, "create_future"))?;
-    let (task, on_done) = Cancellable::new(fut);
-    py_future.call_method1(intern!(py, "add_done_callback"), (on_done,))?;
-    let future = py_future.clone().unbind();
-    runtime.spawn(async move {
-        let mut scoped = std::pin::pin!(TASK_LOCALS.scope(OnceCell::from(locals), task));
-        let ending = scoped.as_mut().await;
-        // The locals come back out of the scope and travel with the result, so the loop's last
-        // reference is never dropped on this tokio thread (docs/design.md, "Without the GIL").
-        let locals = scoped.as_mut().take_value().and_then(OnceCell::into_inner);
-        queue.push(Done::new(future, locals, ending));
-    });
-    Ok(py_future)
+    completion::spawn_into_py(py, locals, fut)
 }
 
 /// Converts a Rust future into a Python awaitable, run on this process's runtime.
@@ -362,13 +324,8 @@ where
 /// `docs/design.md`): no thread per await, and no Python object is dropped off the GIL by the
 /// bridge. If Python cancels the awaitable, the future is dropped at its next poll.
 ///
-/// **Objects built in the parent.** This makes the runtime per-process, not the objects your
-/// extension built with it: an HTTP client with pooled keep-alive connections, or a task or
-/// handle on the parent's runtime, used in a forked child hangs it. Hold such objects in a
-/// [`ForkLocal`](crate::ForkLocal) ([`ForkLocal::with_init`](crate::ForkLocal::with_init)), or
-/// for `object_store` use the fork-local connector of `forksafe::object_store`; see
-/// [the module docs](self#objects-built-in-the-parent) and the guide
-/// (`docs/extension-authors.md`, "Objects built in the parent").
+/// The runtime is per-process; the objects your extension built with it are not: see
+/// [objects built in the parent](self#objects-built-in-the-parent).
 ///
 /// # Errors
 ///
@@ -608,13 +565,8 @@ pub fn into_stream_v2(gen: Bound<'_, PyAny>) -> PyResult<impl Stream<Item = Py<P
 /// Drives `fut` to completion on this process's runtime with the GIL released: the sync fast
 /// path for extension authors' blocking APIs, with no Python event loop in the way.
 ///
-/// **Objects built in the parent.** This makes the runtime per-process, not the objects your
-/// extension built with it: an HTTP client with pooled keep-alive connections, or a task or
-/// handle on the parent's runtime, used in a forked child hangs it. Hold such objects in a
-/// [`ForkLocal`](crate::ForkLocal) ([`ForkLocal::with_init`](crate::ForkLocal::with_init)), or
-/// for `object_store` use the fork-local connector of `forksafe::object_store`; see
-/// [the module docs](self#objects-built-in-the-parent) and the guide
-/// (`docs/extension-authors.md`, "Objects built in the parent").
+/// The runtime is per-process; the objects your extension built with it are not: see
+/// [objects built in the parent](self#objects-built-in-the-parent).
 ///
 /// # Errors
 ///
@@ -652,32 +604,5 @@ where
 /// });
 /// ```
 pub fn to_py_err(error: Error) -> PyErr {
-    let message = error.to_string();
-    match error {
-        Error::InvalidConfig { .. } => PyValueError::new_err(message),
-        Error::Build { .. } => PyOSError::new_err(message),
-        _ => PyRuntimeError::new_err(message),
-    }
-}
-
-impl From<Error> for PyErr {
-    /// As [`to_py_err`].
-    fn from(error: Error) -> PyErr {
-        to_py_err(error)
-    }
-}
-
-/// Shuts a loop down as `asyncio.run` does, then closes it.
-fn close(event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = event_loop.py();
-    let run = |coroutine: Bound<'_, PyAny>| -> PyResult<()> {
-        event_loop.call_method1(intern!(py, "run_until_complete"), (coroutine,))?;
-        Ok(())
-    };
-    run(event_loop.call_method0(intern!(py, "shutdown_asyncgens"))?)?;
-    if event_loop.hasattr(intern!(py, "shutdown_default_executor"))? {
-        run(event_loop.call_method0(intern!(py, "shutdown_default_executor"))?)?;
-    }
-    event_loop.call_method0(intern!(py, "close"))?;
-    Ok(())
+    error::to_py_err(error)
 }

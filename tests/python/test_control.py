@@ -21,10 +21,10 @@ CONTROL_DEADLINE = 3.0
 
 
 def _control_echo() -> Any:
-    if not forksafe._native.TEST_HOOKS:
+    if not forksafe._native.CONTROL_PROBE:
         pytest.fail(
-            "forksafe._native was built without test hooks: the fork suite needs the test wheel, "
-            "built with `maturin build --features test-hooks`",
+            "forksafe._native was built without the control probe: the fork suite needs the test "
+            "wheel, built with `maturin build --features control-probe`",
             pytrace=False,
         )
     return forksafe._native.testing.control_echo

@@ -61,7 +61,7 @@ def diagnose() -> dict[str, object]:
         "tokio_signal_driver": "signal" in build["tokio_features"],
         "tokio_process_driver": "process" in build["tokio_features"],
         "tokio_parking_lot": "parking_lot" in build["tokio_features"],
-        "test_hooks": _native.TEST_HOOKS,
+        "control_probe": _native.CONTROL_PROBE,
         "fork_paths": paths,
     }
 

@@ -1,7 +1,7 @@
 //! `forksafe._native`: the extension module of the `forksafe` Python package.
 //!
 //! Its own crate (never published), so that the `forksafe` library stays an rlib for the
-//! extension authors who depend on it. The feature `test-hooks` adds a control probe through
+//! extension authors who depend on it. The feature `control-probe` adds a control probe through
 //! plain `pyo3-async-runtimes` for the fork suites; the shipped wheel never has it.
 
 use forksafe::python::{block_on, future_into_py, to_py_err};
@@ -19,7 +19,7 @@ const TOKIO_FEATURES: &[&str] = &["net", "rt", "rt-multi-thread", "time"];
 fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("tokio_features", TOKIO_FEATURES.to_vec())?;
-    dict.set_item("test_hooks", cfg!(feature = "test-hooks"))?;
+    dict.set_item("control_probe", cfg!(feature = "control-probe"))?;
     Ok(dict)
 }
 
@@ -138,7 +138,7 @@ mod testing {
     }
 
     /// Test-only: an awaitable whose Rust future panics with `message` after yielding once.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "control-probe")]
     #[pyfunction]
     pub fn panic(py: Python<'_>, message: String) -> PyResult<Bound<'_, PyAny>> {
         future_into_py(py, async move {
@@ -152,7 +152,7 @@ mod testing {
 
     /// Test-only control: `echo` through plain `pyo3_async_runtimes::tokio`, which has no PID
     /// guard. Its awaits hang in a forked child; the fork suite uses it to prove it can fail.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "control-probe")]
     #[pyfunction]
     pub fn control_echo(py: Python<'_>, x: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
@@ -171,7 +171,7 @@ mod testing {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("TEST_HOOKS", cfg!(feature = "test-hooks"))?;
+    m.add("CONTROL_PROBE", cfg!(feature = "control-probe"))?;
     m.add_function(wrap_pyfunction!(process_token, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_info, m)?)?;
     m.add_function(wrap_pyfunction!(configure, m)?)?;
@@ -182,9 +182,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     probes.add_function(wrap_pyfunction!(testing::sleep, &probes)?)?;
     probes.add_function(wrap_pyfunction!(testing::pid, &probes)?)?;
     probes.add_function(wrap_pyfunction!(testing::echo_sync, &probes)?)?;
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "control-probe")]
     probes.add_function(wrap_pyfunction!(testing::control_echo, &probes)?)?;
-    #[cfg(feature = "test-hooks")]
+    #[cfg(feature = "control-probe")]
     probes.add_function(wrap_pyfunction!(testing::panic, &probes)?)?;
     m.add_submodule(&probes)?;
     Ok(())
@@ -194,7 +194,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
 mod tests {
     /// Invariant 8 (docs/design.md): tokio is built without its process-global drivers and
     /// without `parking_lot`, and `TOKIO_FEATURES` (what `doctor` reports) is what cargo
-    /// resolves for the shipped wheel (no `test-hooks`).
+    /// resolves for the shipped wheel (no `control-probe`).
     #[test]
     #[allow(
         clippy::disallowed_methods,

@@ -1,5 +1,5 @@
 //! Fault-injection points for the fork suites, compiled only with
-//! `RUSTFLAGS="--cfg forksafe_test_hooks"` (as tokio gates `tokio_unstable`): no cargo feature
+//! `RUSTFLAGS="--cfg forksafe_fault_injection"` (as tokio gates `tokio_unstable`): no cargo feature
 //! of the published crate, and so no crate in a dependent's graph, can turn them on.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
