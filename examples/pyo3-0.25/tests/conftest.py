@@ -1,18 +1,12 @@
-"""The repository's fork helpers (tests/python/forkutil.py: the hang detector) on sys.path."""
+"""The report header and the fork warnings' filter. The hang detector is forksafe's own fork
+engine (``forksafe._cli.engine.calls``), installed with forksafe."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
+import forksafe_pyo3_025
 import pytest
-
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT / "tests" / "python") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests" / "python"))
-
-import forksafe_pyo3_025  # noqa: E402
 
 
 def pytest_report_header() -> list[str]:

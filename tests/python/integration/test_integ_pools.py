@@ -112,7 +112,7 @@ def test_multiprocessing_pool_fork() -> None:
     parent = _warm_parent()
     me = os.getpid()
     before = integ_support.live_descendants(me)
-    values = _values("mp-fork")
+    values = _values("mp_fork")
     results = _run_pool(multiprocessing.get_context("fork"), values, before)
     workers = _check_all(results, values, me, parent["guard"])
     assert not {r["client_id"] for r in results.values()} & {parent["client_id"]}

@@ -134,6 +134,13 @@ class ChildOutcome:
             )
         return f"{head}; last words:\n{self.last_words()}"
 
+    def require(self) -> Any:
+        """The child's report; AssertionError with everything the child wrote if it was not ok
+        (a test adapter fails the test its own way)."""
+        if not self.ok:
+            raise AssertionError(self.describe())
+        return self.report
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary, for a child that reports its own children upward."""
         return {
