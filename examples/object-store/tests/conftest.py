@@ -25,14 +25,6 @@ def pytest_report_header() -> list[str]:
     ]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Python >= 3.12 warns when a multi-threaded process forks; these tests fork one on purpose.
-    for item in items:
-        item.add_marker(
-            pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
-        )
-
-
 @pytest.fixture(scope="session")
 def moto() -> Iterator[objdata.MotoServer]:
     server = objdata.MotoServer()
