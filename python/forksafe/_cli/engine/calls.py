@@ -213,14 +213,3 @@ def failures(outcomes: Sequence[ChildOutcome]) -> str:
         return ""
     head = f"{len(bad)} of {len(outcomes)} children failed:"
     return "\n".join([head, *(f"child {i}: {o.describe()}" for i, o in bad)])
-
-
-__all__ = [
-    "CHILD_DEADLINE",
-    "PATHS",
-    "ChildOutcome",
-    "failures",
-    "progress",
-    "set_progress_sink",
-    "spawn",
-]
