@@ -1,7 +1,9 @@
 """forksafe_objstore against moto's S3 server: fork vs spawn workers, and the parent's two paths.
 
 Run through ``scripts/bench`` (which builds and installs the example's wheel), or directly with
-``forksafe_objstore`` installed: ``python benches/objstore.py [--write]``.
+``forksafe_objstore`` installed and the example's test data module (``objdata``: moto and the
+data set) on the path:
+``PYTHONPATH=examples/object-store/tests python benches/objstore.py [--write]``.
 
 1. 4 workers read the same 1,000 objects (a quarter each) through an ObjectDataset built in the
    parent: ``multiprocessing`` fork workers (inheriting the parent's warm Store) against spawn
@@ -36,13 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples" / "object-store" / "tests"))
+import forksafe
+import forksafe_objstore
+import objdata
+from forksafe_objstore import ObjectDataset, Store
 
-import forksafe  # noqa: E402
-import forksafe_objstore  # noqa: E402
-import objdata  # noqa: E402
-from forksafe_objstore import ObjectDataset, Store  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WORKERS = 4
 ROUNDS = 3

@@ -2,7 +2,7 @@
 //! `pthread_atfork` handler (glibc's own included). forksafe registers no hooks, so it must not
 //! care; the wipe-on-fork page (or getpid()) tells it a fork happened.
 //!
-//! A raw-syscall child also skips glibc's malloc-lock reset, so a raw fork is only safe when no
+//! A raw clone (`raw_syscall`) child also skips glibc's malloc-lock reset, so a raw fork is only safe when no
 //! other thread of the forking process can be inside malloc (or hold glibc's stack-cache/TLS
 //! locks). That is why this binary has a single `#[test]`: no sibling test thread runs while it
 //! forks. Before each raw fork it also waits until every other thread (the harness's main thread,

@@ -28,6 +28,9 @@ def configure(
     """Configures this process's runtime before its first use."""
 
 class testing:  # a submodule at runtime
+    """The native side of :mod:`forksafe.testing`: its probes are described there
+    (``testing.pyi``)."""
+
     @staticmethod
     def echo(x: T) -> Awaitable[T]: ...
     @staticmethod

@@ -1,11 +1,6 @@
 """Native probes for tests, the CLI, benchmarks and your own checks.
 
-Each goes through this process's tokio runtime. The awaitable probes need a running loop::
-
-    async def probe():
-        return await forksafe.testing.echo(1)
-
-    forksafe.run(probe())
+The four probes are described once, in this module's stub (``testing.pyi``, beside this file).
 """
 
 from __future__ import annotations

@@ -1,3 +1,14 @@
+"""Native probes for tests, the CLI, benchmarks and your own checks: the one description of
+the four probes (``testing.py`` re-exports them from ``_native.testing``).
+
+Each goes through this process's tokio runtime. The awaitable probes need a running loop::
+
+    async def probe():
+        return await forksafe.testing.echo(1)
+
+    forksafe.run(probe())
+"""
+
 from collections.abc import Awaitable
 from typing import TypeVar
 

@@ -1,12 +1,11 @@
-"""The fork suite's hang detector and the work every forked child does.
+"""The fork suite's pytest adapter over the engine's hang detector, and the work every child does.
 
-``spawn_child(fn, *args, method=...)`` forks (``os.fork``, a C-level ``fork()`` through
-``ctypes.PyDLL``, or a raw ``clone`` system call), runs ``fn`` in the child and waits for it with
-a deadline. The child streams JSON lines into a pipe -- progress lines as it goes, then its report
-or the traceback of what it raised -- and leaves with ``os._exit`` (after a C-level or raw fork
-CPython never ran ``PyOS_AfterFork_Child``, and no test-runner teardown may run twice). The parent
-polls the pipe and ``waitpid(WNOHANG)``; on expiry it SIGKILLs the child. ``ChildOutcome.require()``
-turns a hang, an error or a missing report into ``pytest.fail`` with everything the child wrote.
+The forking, the fork paths and the child's wire format are the engine's
+(``forksafe._cli.engine``: :mod:`~forksafe._cli.engine.calls` over ``paths.ROWS`` and
+``events``). ``spawn_child(fn, *args, path=...)`` runs ``fn`` in a child started by one of
+:data:`PATHS` (every row of ``paths.ROWS`` that forks) and waits for it with a deadline: at the
+deadline the child's stacks are dumped and it is killed. ``ChildOutcome.require()`` turns a
+hang, an error or a missing report into ``pytest.fail`` with everything the child wrote.
 
 ``exercise(v)`` is the work every child does (both layers: the background loop with native
 awaitables, the sync native path, a fork-local value); ``check(report, v)`` verifies its report
@@ -17,179 +16,31 @@ the report of the generation above: ``check(report, v, parent)``).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import json
 import os
-import platform
-import select
-import signal
 import threading
 import time
-import traceback
 import uuid
-import warnings
 from typing import Any, Callable
 
 import forksafe
 import pytest
+from forksafe._cli.engine import calls
 
-CHILD_DEADLINE = 20.0
+CHILD_DEADLINE = calls.CHILD_DEADLINE
 """Seconds a forked child gets before the detector kills it and fails the test."""
 
-METHODS = ("os.fork", "c-fork", "raw-syscall")
-"""Fork paths: Python's os.fork; libc fork() from C (no Python at-fork machinery and no
-PyOS_AfterFork_Child); a raw clone system call (no pthread_atfork handlers either)."""
+PATHS = calls.PATHS
+"""The fork paths, one per row of the engine's ``paths.ROWS`` that forks (``os_fork``,
+``c_fork``, ``raw_syscall``, ...): parametrize over these, never over a list of your own."""
 
-# PyDLL, not CDLL: the GIL stays held across the call, so no other Python thread can own it at
-# the instant of fork (the child could never take it back).
-_LIBC = ctypes.PyDLL(None, use_errno=True)
-_LIBC.fork.restype = ctypes.c_int
-_LIBC.fork.argtypes = []
-_LIBC.syscall.restype = ctypes.c_long
-
-C_FORK_SETTLE = 0.1
-"""Seconds ``spawn_child`` sleeps (GIL released) before a C-level or raw fork: see there."""
-
-_SYS_CLONE = {"x86_64": 56, "amd64": 56, "aarch64": 220, "arm64": 220}
-_SIGCHLD = 17  # on x86_64 and aarch64
-
-# --------------------------------------------------------------------------------------------
-# Fork paths
-# --------------------------------------------------------------------------------------------
+progress = calls.progress
+set_progress_sink = calls.set_progress_sink
 
 
-def _os_fork() -> int:
-    with warnings.catch_warnings():
-        # Python >= 3.12 warns about forking a multi-threaded process; forking one is the point.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
-def _c_fork() -> int:
-    pid = _LIBC.fork()
-    if pid < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"fork() failed: {os.strerror(errno)}")
-    return pid
-
-
-def _raw_fork() -> int:
-    machine = platform.machine().lower()
-    number = _SYS_CLONE.get(machine)
-    if number is None:
-        raise RuntimeError(f"no clone system call number known for machine {machine!r}")
-    zero = ctypes.c_long(0)
-    # clone(SIGCHLD, 0, 0, 0, 0): a plain fork that bypasses glibc's fork() wrapper entirely.
-    pid = _LIBC.syscall(ctypes.c_long(number), ctypes.c_long(_SIGCHLD), zero, zero, zero, zero)
-    if pid < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"clone system call failed: {os.strerror(errno)}")
-    return pid
-
-
-_FORKS: dict[str, Callable[[], int]] = {
-    "os.fork": _os_fork,
-    "c-fork": _c_fork,
-    "raw-syscall": _raw_fork,
-}
-
-# --------------------------------------------------------------------------------------------
-# Progress lines
-# --------------------------------------------------------------------------------------------
-
-_sink: Callable[[str], None] | None = None
-
-
-def set_progress_sink(sink: Callable[[str], None] | None) -> None:
-    """Where ``progress()`` goes in this process (a forked child's pipe, an mp connection)."""
-    global _sink
-    _sink = sink
-
-
-def progress(message: str) -> None:
-    """Reports how far this child got; shown as its last words if it hangs."""
-    sink = _sink
-    if sink is not None:
-        sink(f"[pid {os.getpid()}] {message}")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _send(fd: int, message: dict[str, Any]) -> None:
-    _write_all(fd, json.dumps(message).encode() + b"\n")
-
-
-# --------------------------------------------------------------------------------------------
-# The hang detector
-# --------------------------------------------------------------------------------------------
-
-
-class ChildOutcome:
-    """What a forked child did: its report, or its error, or that it hung."""
-
-    def __init__(
-        self, pid: int, method: str, deadline: float, hung: bool, status: int, raw: bytes
-    ) -> None:
-        self.pid = pid
-        self.method = method
-        self.deadline = deadline
-        self.hung = hung
-        self.exit_code = None if hung else os.waitstatus_to_exitcode(status)
-        self.raw = raw
-        self.progress: list[str] = []
-        self.report: Any = None
-        self.has_report = False
-        self.error: str | None = None
-        self.garbled: list[str] = []
-        for line in raw.decode(errors="replace").splitlines():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                self.garbled.append(line)
-                continue
-            if "progress" in message:
-                self.progress.append(message["progress"])
-            elif "report" in message:
-                self.report = message["report"]
-                self.has_report = True
-            elif "error" in message:
-                self.error = message["error"]
-
-    def last_words(self) -> str:
-        lines = list(self.progress) + [f"(unparsed) {line}" for line in self.garbled]
-        if self.error is not None:
-            lines.append(f"error:\n{self.error}")
-        return "\n".join(lines) if lines else "(nothing)"
-
-    def describe(self) -> str:
-        if self.hung:
-            return (
-                f"child hung: pid {self.pid} ({self.method}) sent no report within "
-                f"{self.deadline:.0f} s and was killed with SIGKILL; last words:\n"
-                f"{self.last_words()}"
-            )
-        if self.error is not None:
-            return (
-                f"child raised: pid {self.pid} ({self.method}), exit code {self.exit_code}; "
-                f"last words:\n{self.last_words()}"
-            )
-        if not self.has_report or self.exit_code != 0:
-            return (
-                f"child died without a clean report: pid {self.pid} ({self.method}), exit code "
-                f"{self.exit_code}, report present: {self.has_report}; last words:\n"
-                f"{self.last_words()}"
-            )
-        return f"child ok: pid {self.pid} ({self.method})"
-
-    @property
-    def ok(self) -> bool:
-        return not self.hung and self.error is None and self.has_report and self.exit_code == 0
+class ChildOutcome(calls.ChildOutcome):
+    """What a forked child did (the engine's), with the pytest verdict."""
 
     def require(self) -> Any:
         """The child's report; ``pytest.fail`` on a hang, an error or a missing report."""
@@ -197,116 +48,49 @@ class ChildOutcome:
             pytest.fail(self.describe(), pytrace=False)
         return self.report
 
-    def summary(self) -> dict[str, Any]:
-        """A JSON-able summary, for a child that reports its own children upward."""
-        return {
-            "pid": self.pid,
-            "method": self.method,
-            "ok": self.ok,
-            "hung": self.hung,
-            "exit_code": self.exit_code,
-            "report": self.report,
-            "description": self.describe(),
-        }
-
-
-def _child_main(fd: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    """Runs in the forked child; never returns."""
-    code = 70
-    try:
-        set_progress_sink(lambda line: _send(fd, {"progress": line}))
-        try:
-            progress(f"child started ({fn.__name__})")
-            report = fn(*args)
-            _send(fd, {"report": report})
-            code = 0
-        except BaseException:
-            _send(fd, {"error": traceback.format_exc()})
-            code = 1
-    finally:
-        os._exit(code)
-
 
 def spawn_child(
     fn: Callable[..., Any],
     *args: Any,
-    method: str = "os.fork",
+    path: str = calls.DEFAULT_PATH,
     deadline: float = CHILD_DEADLINE,
 ) -> ChildOutcome:
-    """Forks with ``method``, runs ``fn(*args)`` in the child, waits at most ``deadline`` s.
+    """Forks by ``path``, runs ``fn(*args)`` in the child, waits at most ``deadline`` s.
 
     Never raises for what the child did: a hang, an error or a crash is in the outcome.
     """
-    fork = _FORKS[method]
-    if method != "os.fork":
-        # Only os.fork's child runs PyOS_AfterFork_Child, which recreates the GIL. After a
-        # C-level or raw fork, a thread that was *waiting* for the GIL at the instant of fork
-        # (the GIL is held: PyDLL) leaves a phantom waiter in the GIL's condition variable, and
-        # the child's first GIL hand-off (e.g. to its new loop thread) deadlocks in glibc. That is
-        # CPython's hazard, with or without forksafe: let every other thread go idle first.
-        time.sleep(C_FORK_SETTLE)
-    rfd, wfd = os.pipe()
-    try:
-        pid = fork()
-    except BaseException:
-        os.close(rfd)
-        os.close(wfd)
-        raise
-    if pid == 0:
-        os.close(rfd)
-        _child_main(wfd, fn, args)
-    os.close(wfd)
-    try:
-        return _wait(pid, rfd, method, deadline)
-    finally:
-        os.close(rfd)
-
-
-def _drain(fd: int, into: bytearray) -> bool:
-    """Reads what is available; True at end of file."""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return False
-        if not chunk:
-            return True
-        into.extend(chunk)
-
-
-def _wait(pid: int, rfd: int, method: str, deadline: float) -> ChildOutcome:
-    os.set_blocking(rfd, False)
-    received = bytearray()
-    expires = time.monotonic() + deadline
-    eof = False
-    while True:
-        remaining = expires - time.monotonic()
-        if not eof:
-            readable, _, _ = select.select([rfd], [], [], max(0.0, min(0.05, remaining)))
-            if readable:
-                eof = _drain(rfd, received)
-        else:
-            time.sleep(min(0.01, max(0.0, remaining)))
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            # A descendant may still hold the write end: read what is there, do not wait for EOF.
-            _drain(rfd, received)
-            return ChildOutcome(pid, method, deadline, False, status, bytes(received))
-        if remaining <= 0:
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            _drain(rfd, received)
-            return ChildOutcome(pid, method, deadline, True, status, bytes(received))
+    return calls.spawn(fn, *args, path=path, deadline=deadline, kind=ChildOutcome)[0]
 
 
 def run_child(
     fn: Callable[..., Any],
     *args: Any,
-    method: str = "os.fork",
+    path: str = calls.DEFAULT_PATH,
     deadline: float = CHILD_DEADLINE,
 ) -> Any:
     """``spawn_child(...).require()``: the child's report, or the test fails."""
-    return spawn_child(fn, *args, method=method, deadline=deadline).require()
+    return spawn_child(fn, *args, path=path, deadline=deadline).require()
+
+
+def run_children(
+    count: int,
+    fn: Callable[..., Any],
+    *args: Any,
+    path: str = calls.DEFAULT_PATH,
+    deadline: float = CHILD_DEADLINE,
+    together: bool = True,
+) -> list[ChildOutcome]:
+    """Forks ``count`` children at once; child ``i`` runs ``fn(i, *args)``. With ``together``
+    each waits until all are forked, so their work overlaps. Returns their outcomes in order
+    (each has ``report`` and ``pid``), or fails the test with every failed child's last words."""
+    outcomes = calls.spawn(
+        fn, *args, path=path, count=count, indexed=True, together=together,
+        deadline=deadline, kind=ChildOutcome,
+    )  # fmt: skip
+    problems = calls.failures(outcomes)
+    if problems:
+        pytest.fail(problems, pytrace=False)
+    return outcomes
 
 
 # --------------------------------------------------------------------------------------------

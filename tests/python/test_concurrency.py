@@ -109,20 +109,20 @@ async def _many(durations: list[float], started: threading.Event) -> list[Any]:
     return await asyncio.gather(*awaitables)
 
 
-@pytest.mark.parametrize("method", ["os.fork", "c-fork"])
-def test_fork_with_a_thousand_awaits_in_flight(method: str, parent_report: dict[str, Any]) -> None:
+@pytest.mark.parametrize("path", ["os_fork", "c_fork"])
+def test_fork_with_a_thousand_awaits_in_flight(path: str, parent_report: dict[str, Any]) -> None:
     # os.fork: fork again and again while the 1,000 results stream in (tokio workers pushing
-    # completions, the loop thread draining them). c-fork: once, while every await is still a
+    # completions, the loop thread draining them). c_fork: once, while every await is still a
     # pending timer -- a C-level fork while the loop thread waits for the GIL would hang the
     # child whatever forksafe does (see forkutil.spawn_child).
-    base = 0.1 if method == "os.fork" else 0.8
+    base = 0.1 if path == "os_fork" else 0.8
     started = threading.Event()
     future = forksafe.LOOP.submit(_many(_durations(base), started))
     assert started.wait(timeout=10), "the in-flight batch never started"
     children = []
-    while not children or (method == "os.fork" and not future.done() and len(children) < 40):
-        v = forkutil.new_value(f"in-flight-{method}-{len(children)}")
-        children.append((v, forkutil.spawn_child(forkutil.exercise, v, method=method)))
+    while not children or (path == "os_fork" and not future.done() and len(children) < 40):
+        v = forkutil.new_value(f"in-flight-{path}-{len(children)}")
+        children.append((v, forkutil.spawn_child(forkutil.exercise, v, path=path)))
     # The parent's batch completes with every value, whatever happened in the children.
     try:
         values = future.result(timeout=forkutil.CHILD_DEADLINE)
@@ -135,8 +135,8 @@ def test_fork_with_a_thousand_awaits_in_flight(method: str, parent_report: dict[
     forkutil.exercise_parent()
 
 
-@pytest.mark.parametrize("method", ["os.fork", "c-fork"])
-def test_fork_while_a_thread_is_blocked_in_run(method: str, parent_report: dict[str, Any]) -> None:
+@pytest.mark.parametrize("path", ["os_fork", "c_fork"])
+def test_fork_while_a_thread_is_blocked_in_run(path: str, parent_report: dict[str, Any]) -> None:
     late = forkutil.new_value("late")
     blocked = threading.Event()
     results: list[Any] = []
@@ -154,8 +154,8 @@ def test_fork_while_a_thread_is_blocked_in_run(method: str, parent_report: dict[
     thread = threading.Thread(target=caller, name="blocked-in-run")
     thread.start()
     assert blocked.wait(timeout=10), "the blocked call never started"
-    v = forkutil.new_value(f"blocked-{method}")
-    outcome = forkutil.spawn_child(forkutil.exercise, v, method=method)
+    v = forkutil.new_value(f"blocked-{path}")
+    outcome = forkutil.spawn_child(forkutil.exercise, v, path=path)
     thread.join(timeout=forkutil.CHILD_DEADLINE)
     assert not thread.is_alive(), "the parent's blocked run() never returned after the fork"
     assert results == [("value", late)]

@@ -118,7 +118,8 @@ def test_detector_reports_an_exception_raised_in_the_child() -> None:
     v = forkutil.new_value("raise")
     outcome = forkutil.spawn_child(_raise_in_child, v)
     assert not outcome.ok and not outcome.hung
-    assert outcome.exit_code == 1
+    # The engine's verdict: the work raised ("wrong"); the child itself left cleanly.
+    assert outcome.status == "wrong" and outcome.exit_code == 0
     assert outcome.error is not None
     assert f"ValueError: boom {v}" in outcome.error
     assert "_raise_in_child" in outcome.error
@@ -130,7 +131,7 @@ def test_detector_reports_an_exception_raised_in_the_child() -> None:
 def test_detector_reports_a_child_without_report() -> None:
     outcome = forkutil.spawn_child(_exit_without_report)
     assert not outcome.ok and not outcome.hung
-    assert outcome.exit_code == 3
+    assert outcome.status == "crashed" and outcome.exit_code == 3
     assert not outcome.has_report
     assert outcome.progress[-1].endswith("leaving without a report")
     with pytest.raises(pytest.fail.Exception, match="without a clean report"):

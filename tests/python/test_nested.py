@@ -15,14 +15,14 @@ def _deadline(level: int) -> float:
     return forkutil.CHILD_DEADLINE + 5.0 * (GENERATIONS - 1 - level)
 
 
-def _generation(level: int, values: list[str], method: str) -> dict[str, Any]:
+def _generation(level: int, values: list[str], path: str) -> dict[str, Any]:
     report = forkutil.exercise(values[level])
     forkutil.progress(f"generation {level + 1} of {GENERATIONS} exercised")
     child = None
     if level + 1 < GENERATIONS:
         forkutil.progress(f"generation {level + 1} forks generation {level + 2}")
         outcome = forkutil.spawn_child(
-            _generation, level + 1, values, method, method=method, deadline=_deadline(level + 1)
+            _generation, level + 1, values, path, path=path, deadline=_deadline(level + 1)
         )
         child = outcome.summary()
         forkutil.progress(f"generation {level + 2}: {outcome.describe()}")
@@ -33,10 +33,10 @@ def _generation(level: int, values: list[str], method: str) -> dict[str, Any]:
     return {"level": level, "report": report, "child": child}
 
 
-@pytest.mark.parametrize("method", ["os.fork", "c-fork"])
-def test_five_generations(method: str, parent_report: dict[str, Any]) -> None:
+@pytest.mark.parametrize("path", ["os_fork", "c_fork"])
+def test_five_generations(path: str, parent_report: dict[str, Any]) -> None:
     values = [forkutil.new_value(f"gen{level + 1}") for level in range(GENERATIONS)]
-    top = forkutil.run_child(_generation, 0, values, method, method=method, deadline=_deadline(0))
+    top = forkutil.run_child(_generation, 0, values, path, path=path, deadline=_deadline(0))
     reports = []
     node = top
     while True:

@@ -1,26 +1,18 @@
 """Fixtures: moto's S3 server, the 1,000-object data set, and a Store warmed in this process.
 
-The fork helpers are the repository's own (tests/python/forkutil.py for the hang detector,
-tests/python/integration/integ_support.py for concurrent children and services).
+The hang detector is forksafe's own fork engine (``forksafe._cli.engine.calls``, installed with
+forksafe); served.py runs gunicorn. Nothing here comes from the repository's tests/.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
+import forksafe_objstore
+import objdata
 import pytest
-
-ROOT = Path(__file__).resolve().parents[3]
-for helper_dir in (ROOT / "tests" / "python", ROOT / "tests" / "python" / "integration"):
-    if str(helper_dir) not in sys.path:
-        sys.path.insert(0, str(helper_dir))
-
-import forksafe_objstore  # noqa: E402
-import objdata  # noqa: E402
-from forksafe_objstore import Store  # noqa: E402
+from forksafe_objstore import Store
 
 
 def pytest_report_header() -> list[str]:
@@ -31,14 +23,6 @@ def pytest_report_header() -> list[str]:
         f"forksafe_objstore: {forksafe_objstore.__file__} ({build})",
         f"FORKSAFE_PID_CHECK={os.environ.get('FORKSAFE_PID_CHECK', '(unset)')}",
     ]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Python >= 3.12 warns when a multi-threaded process forks; these tests fork one on purpose.
-    for item in items:
-        item.add_marker(
-            pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
-        )
 
 
 @pytest.fixture(scope="session")

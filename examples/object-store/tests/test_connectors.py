@@ -17,8 +17,6 @@ when it does not.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
 import os
 import select
 import subprocess
@@ -26,14 +24,13 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import forkutil
 import objdata
 import pytest
+from forksafe._cli.engine import calls, paths
 from forksafe_objstore import Store
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +40,6 @@ CONTROL_DEADLINE = 5.0
 
 VERSIONS = ["0.13", "0.14"]
 CONNECTORS = ["fork-local", "spawned"]
-PATHS = ["os.fork", "mp-fork", "c-fork", "raw-syscall", "thread", "nested"]
 
 Log = list[tuple[int, str, str]]
 
@@ -101,7 +97,7 @@ def assert_apart(log: Log, groups: dict[str, list[str]]) -> None:
 
 
 def _reads(store: Store, keys: list[str]) -> dict[str, Any]:
-    both = objdata.read_both(store, keys, forkutil.progress)
+    both = objdata.read_both(store, keys, calls.progress)
     return {"pid": os.getpid(), "read": both["sync"] + both["async"]}
 
 
@@ -110,98 +106,28 @@ def _nested(
 ) -> dict[str, Any]:
     """A child that reads, forks a grandchild that reads, then reads again."""
     report = _reads(store, keys)
-    forkutil.progress("forking the grandchild")
-    outcome = forkutil.spawn_child(_reads, store, grandchild_keys, deadline=DEADLINE)
+    calls.progress("forking the grandchild")
+    outcome = calls.spawn(_reads, store, grandchild_keys, deadline=DEADLINE)[0]
     report["grandchild"] = outcome.summary()
-    forkutil.progress("reading after the grandchild")
+    calls.progress("reading after the grandchild")
     report["after"] = objdata.read_sync(store, after)
     return report
-
-
-def _mp_worker(store: Store, keys: list[str], conn: multiprocessing.connection.Connection) -> None:
-    try:
-        forkutil.set_progress_sink(lambda line: conn.send({"progress": line}))
-        conn.send({"report": _reads(store, keys)})
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
-
-
-def _mp_fork(store: Store, keys: list[str], deadline: float) -> tuple[bool, Any]:
-    """A multiprocessing fork-context worker: (ok, report or what went wrong)."""
-    ctx = multiprocessing.get_context("fork")
-    parent_end, child_end = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_mp_worker, args=(store, keys, child_end), daemon=True)
-    proc.start()
-    child_end.close()
-    words: list[str] = []
-    expires = time.monotonic() + deadline
-    result: tuple[bool, Any] | None = None
-    while result is None:
-        remaining = expires - time.monotonic()
-        if remaining <= 0 or not parent_end.poll(remaining):
-            break
-        try:
-            message = parent_end.recv()
-        except EOFError:
-            break
-        if "progress" in message:
-            words.append(message["progress"])
-        elif "report" in message:
-            result = (True, message["report"])
-        else:
-            result = (False, f"worker {proc.pid} raised:\n{message['error']}")
-    proc.join(timeout=max(0.0, expires - time.monotonic()))
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        result = result or (
-            False,
-            f"worker {proc.pid} hung (> {deadline:.0f} s), killed; last words: {words}",
-        )
-    parent_end.close()
-    return result or (
-        False,
-        f"worker {proc.pid} exit {proc.exitcode} without a report; last words: {words}",
-    )
-
-
-def _from_thread(store: Store, keys: list[str], deadline: float) -> forkutil.ChildOutcome:
-    """os.fork called on a non-main thread of the parent."""
-    box: list[Any] = []
-
-    def forker() -> None:
-        try:
-            box.append(forkutil.spawn_child(_reads, store, keys, deadline=deadline))
-        except BaseException as e:  # reported below
-            box.append(e)
-
-    thread = threading.Thread(target=forker, name="forking-thread")
-    thread.start()
-    thread.join(deadline + 30)
-    assert box, "the forking thread did not return"
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
 
 
 def run_child(
     path: str, store: Store, keys: dict[str, list[str]], deadline: float
 ) -> tuple[bool, Any]:
-    """Forks by ``path``; the child reads ``keys["child"]`` (nested: and forks a grandchild)."""
-    if path == "mp-fork":
-        return _mp_fork(store, keys["child"], deadline)
-    if path == "thread":
-        outcome = _from_thread(store, keys["child"], deadline)
-    elif path == "nested":
+    """Forks by ``path``; the child reads ``keys["child"]`` (a chain: its child reads
+    ``keys["grandchild"]``, then it reads again)."""
+    row = paths.PATHS[path]
+    if row.stale:
+        busy = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        assert not busy, f"cannot fork from C with Python threads running: {busy}"
+    if row.chain:
         args = (store, keys["child"], keys["grandchild"], keys["child after"])
-        outcome = forkutil.spawn_child(_nested, *args, deadline=2 * deadline)
+        outcome = calls.spawn(_nested, *args, deadline=2 * deadline)[0]
     else:
-        if path in ("c-fork", "raw-syscall"):
-            busy = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
-            assert not busy, f"cannot fork from C with Python threads running: {busy}"
-        outcome = forkutil.spawn_child(_reads, store, keys["child"], method=path, deadline=deadline)
+        outcome = calls.spawn(_reads, store, keys["child"], path=path, deadline=deadline)[0]
     return (True, outcome.report) if outcome.ok else (False, outcome.describe())
 
 
@@ -223,7 +149,7 @@ def keys_of(data: objdata.DataSet) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", calls.PATHS)
 @pytest.mark.parametrize("connector", CONNECTORS)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_store_built_in_parent_works_in_child(
@@ -243,7 +169,7 @@ def test_store_built_in_parent_works_in_child(
     data.require(report["read"], keys["child"], f"{path} child {report['pid']}")
     assert report["pid"] != os.getpid()
     groups = {"parent": keys["parent"] + keys["parent after"], "child": keys["child"]}
-    if path == "nested":
+    if paths.PATHS[path].chain:
         grandchild = report["grandchild"]
         assert grandchild["ok"], f"the grandchild failed: {grandchild['description']}"
         data.require(grandchild["report"]["read"], keys["grandchild"], "grandchild")
@@ -331,7 +257,7 @@ def test_child_fetches_its_own_credentials(
     time.sleep(0.3)  # past object_store's 100 ms back-off: the next request must refresh
 
     before_child = len(imds.requests())
-    ok, report = run_child("os.fork", store, keys, DEADLINE)
+    ok, report = run_child("os_fork", store, keys, DEADLINE)
     assert ok, report
     data.require(report["read"], keys["child"], f"child {report['pid']}")
     child_fetches, child_conns = credential_fetches(imds.requests()[before_child:])
@@ -361,7 +287,7 @@ def test_negative_control_plain_reqwest_connector_fails_the_child(
     store = Store.s3(objdata.BUCKET, **data.config, connector="reqwest", object_store=version)
     seen = len(moto.requests())
     parent = warm(store, data, moto, keys["parent"])
-    ok, report = run_child("os.fork", store, keys, CONTROL_DEADLINE)
+    ok, report = run_child("os_fork", store, keys, CONTROL_DEADLINE)
     reached = connections_for(moto.requests()[seen:], keys["child"])
     print(
         f"\nnegative control (object_store {version}, plain ReqwestConnector): child "

@@ -23,8 +23,8 @@ HERE = Path(__file__).resolve().parent
 KEY_CASES = [
     "test_fork.py::test_dataloader_fork_workers_read_every_shard",
     "test_fork.py::test_four_concurrent_os_fork_children",
-    "test_fork.py::test_c_level_and_raw_fork[c-fork]",
-    "test_fork.py::test_c_level_and_raw_fork[raw-syscall]",
+    "test_fork.py::test_c_level_and_raw_fork[c_fork]",
+    "test_fork.py::test_c_level_and_raw_fork[raw_syscall]",
     "test_fork.py::test_nested_forks_three_deep",
     "test_gunicorn.py::test_gunicorn_preload_serves_objects",
 ]

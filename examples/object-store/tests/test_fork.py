@@ -16,10 +16,9 @@ import traceback
 from typing import Any
 
 import forksafe_objstore
-import forkutil
-import integ_support
 import objdata
 import pytest
+from forksafe._cli.engine import calls, paths
 from forksafe_objstore import ObjectDataset, Store
 
 DEADLINE = float(os.environ.get("OBJSTORE_TEST_DEADLINE", "30"))
@@ -123,10 +122,10 @@ def _loader_worker(
 ) -> None:
     """A DataLoader worker's loop: ``dataset[i]`` for its shard, results back over a pipe."""
     try:
-        forkutil.set_progress_sink(lambda line: conn.send({"progress": line}))
-        forkutil.progress(f"reading {len(indices)} objects")
+        calls.set_progress_sink(lambda line: conn.send({"progress": line}))
+        calls.progress(f"reading {len(indices)} objects")
         read = [objdata.digest(dataset.keys[i], dataset[i]) for i in indices]
-        forkutil.progress("a Store built in the worker")
+        calls.progress("a Store built in the worker")
         own = ObjectDataset(Store._rebuild(*dataset.store.__reduce__()[1]), dataset.keys)
         fresh = [objdata.digest(own.keys[i], own[i]) for i in indices[:5]]
         conn.send({"report": {"read": read, "fresh": fresh, "info": objdata.info()}})
@@ -208,13 +207,16 @@ def test_dataloader_fork_workers_read_every_shard(store: Store, data: objdata.Da
 def test_four_concurrent_os_fork_children(store: Store, data: objdata.DataSet) -> None:
     """Four children forked while a parent thread is reading, all reading at once."""
 
-    def body(index: int, reporter: integ_support.Reporter) -> dict[str, Any]:
+    def body(index: int) -> dict[str, Any]:
         keys = data.sample(40, offset=index * 5)
-        return child_reads(store, data, keys, data.sample(6, offset=index), reporter.progress)
+        return child_reads(store, data, keys, data.sample(6, offset=index), calls.progress)
 
     with ParentReader(store, data):
-        children = integ_support.fork_children(4, body, deadline=DEADLINE)
-    check_reports(data, [c.report for c in children], "os.fork child")
+        children = calls.spawn(body, count=4, indexed=True, together=True, deadline=DEADLINE)
+    problems = calls.failures(children)
+    if problems:
+        pytest.fail(problems, pytrace=False)
+    check_reports(data, [c.report for c in children], "os_fork child")
     parent_still_reads(store, data)
 
 
@@ -234,14 +236,14 @@ def quiesce(store: Store, data: objdata.DataSet) -> None:
 
 def _forked_reader(store: Store, data: objdata.DataSet, index: int) -> dict[str, Any]:
     keys = data.sample(20, offset=index)
-    return child_reads(store, data, keys, data.sample(4, offset=index + 1), forkutil.progress)
+    return child_reads(store, data, keys, data.sample(4, offset=index + 1), calls.progress)
 
 
-@pytest.mark.parametrize("method", ["c-fork", "raw-syscall"])
-def test_c_level_and_raw_fork(method: str, store: Store, data: objdata.DataSet) -> None:
+@pytest.mark.parametrize("path", [row.name for row in paths.ROWS if row.stale])
+def test_c_level_and_raw_fork(path: str, store: Store, data: objdata.DataSet) -> None:
     quiesce(store, data)
-    report = forkutil.run_child(_forked_reader, store, data, 3, method=method, deadline=DEADLINE)
-    check_reports(data, [report], f"{method} child")
+    outcome = calls.spawn(_forked_reader, store, data, 3, path=path, deadline=DEADLINE)[0]
+    check_reports(data, [outcome.require()], f"{path} child")
     parent_still_reads(store, data)
 
 
@@ -249,19 +251,20 @@ def _generation(store: Store, data: objdata.DataSet, level: int, depth: int) -> 
     """Reads, then (above the last level) forks the next generation and waits for it."""
     report = _forked_reader(store, data, level)
     if level < depth:
-        forkutil.progress(f"generation {level}: forking generation {level + 1}")
-        outcome = forkutil.spawn_child(
+        calls.progress(f"generation {level}: forking generation {level + 1}")
+        outcome = calls.spawn(
             _generation, store, data, level + 1, depth, deadline=DEADLINE * (depth - level)
-        )
+        )[0]
         report["child"] = outcome.summary()
-        forkutil.progress(f"generation {level}: reading after its child")
+        calls.progress(f"generation {level}: reading after its child")
         report["after"] = objdata.read_sync(store, data.sample(4, offset=level + 7))
     return report
 
 
 def test_nested_forks_three_deep(store: Store, data: objdata.DataSet) -> None:
     depth = 3
-    report = forkutil.run_child(_generation, store, data, 1, depth, deadline=DEADLINE * (depth + 1))
+    outcome = calls.spawn(_generation, store, data, 1, depth, deadline=DEADLINE * (depth + 1))[0]
+    report = outcome.require()
     parent_pid = os.getpid()
     for level in range(1, depth + 1):
         check_reports(data, [report], f"generation {level}", parent_pid)

@@ -20,10 +20,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import forksafe_objstore
-import integ_support
 import objdata
 import pytest
-from integ_support import Service
+import served
+from served import Gunicorn as Service
 
 APPS = Path(__file__).resolve().parent / "apps"
 REQUESTS = 200
@@ -36,12 +36,10 @@ PATHS = ("sync", "async", "fresh")
 @pytest.fixture
 def gunicorn(data: objdata.DataSet, tmp_path: Path) -> Iterator[tuple[Service, str]]:
     config = {"bucket": objdata.BUCKET, "store": data.config, "warm": data.sample(2)}
-    env = integ_support.subprocess_env(OBJSTORE_TEST_CONFIG=json.dumps(config))
-    env["PYTHONPATH"] = f"{APPS}:{env['PYTHONPATH']}"
-    with integ_support.gunicorn_preload(
-        "objstore_wsgi_app:app", tmp_path, cwd=APPS, env=env
-    ) as served:
-        yield served
+    env = {**os.environ, "OBJSTORE_TEST_CONFIG": json.dumps(config)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APPS), env.get("PYTHONPATH")]))
+    with served.gunicorn("objstore_wsgi_app:app", tmp_path, cwd=APPS, env=env) as running:
+        yield running
 
 
 def _get(base: str, key: str, path: str) -> tuple[bytes, dict[str, Any]]:
@@ -115,7 +113,7 @@ def test_gunicorn_preload_serves_objects(
     for _, _, (_, headers) in results:
         worker = int(headers["X-Worker-Pid"])
         assert worker != master and int(headers["X-Master-Pid"]) == master, headers
-        assert integ_support.parent_of(worker) == master, f"{worker} is not the master's worker"
+        assert served.parent_of(worker) == master, f"{worker} is not the master's worker"
         workers.add(worker)
         if not forksafe_objstore.CONTROL:
             objdata.check_child_info(json.loads(headers["X-Objstore-Info"]), master)

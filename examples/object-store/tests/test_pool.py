@@ -15,18 +15,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import forkutil
 import objdata
 import pytest
+from forksafe._cli.engine import calls
 from forksafe_objstore import Store
 
 DEADLINE = float(os.environ.get("OBJSTORE_TEST_DEADLINE", "30"))
 
 
 def _child(store: Store, keys: list[str]) -> dict[str, Any]:
-    forkutil.progress(f"get_sync x{len(keys) // 2} then get x{len(keys) - len(keys) // 2}")
-    both = objdata.read_both(store, keys, forkutil.progress)
-    forkutil.progress("done")
+    calls.progress(f"get_sync x{len(keys) // 2} then get x{len(keys) - len(keys) // 2}")
+    both = objdata.read_both(store, keys, calls.progress)
+    calls.progress("done")
     return {"pid": os.getpid(), "read": both["sync"] + both["async"]}
 
 
@@ -40,11 +40,11 @@ def _connections(requests: list[tuple[int, str, str]], keys: list[str]) -> dict[
     return found
 
 
-@pytest.mark.parametrize("method", ["os.fork", "c-fork"])
+@pytest.mark.parametrize("path", ["os_fork", "c_fork"])
 def test_child_never_uses_a_parent_connection(
-    method: str, moto: objdata.MotoServer, data: objdata.DataSet, store: Store
+    path: str, moto: objdata.MotoServer, data: objdata.DataSet, store: Store
 ) -> None:
-    offset = {"os.fork": 0, "c-fork": 50}[method]
+    offset = {"os_fork": 0, "c_fork": 50}[path]
     before = data.keys[300 + offset : 308 + offset]
     in_child = data.keys[400 + offset : 410 + offset]
     after = data.keys[500 + offset : 506 + offset]
@@ -62,7 +62,7 @@ def test_child_never_uses_a_parent_connection(
         "closed each one, so the parent's pool holds nothing a child could inherit"
     )
 
-    outcome = forkutil.spawn_child(_child, store, in_child, method=method, deadline=DEADLINE)
+    outcome = calls.spawn(_child, store, in_child, path=path, deadline=DEADLINE)[0]
     if not outcome.ok:
         reached = _connections(moto.requests()[seen:], in_child)
         got = {key: numbers for key, numbers in reached.items() if numbers}
@@ -73,7 +73,7 @@ def test_child_never_uses_a_parent_connection(
             pytrace=False,
         )
     report = outcome.report
-    data.require(report["read"], in_child, f"{method} child {report['pid']}")
+    data.require(report["read"], in_child, f"{path} child {report['pid']}")
 
     data.require(objdata.read_sync(store, after[:3]), after[:3], "parent after (get_sync)")
     data.require(objdata.read_async(store, after[3:]), after[3:], "parent after (get)")
@@ -84,6 +84,6 @@ def test_child_never_uses_a_parent_connection(
     assert child, f"the server logged none of the child's {len(in_child)} reads"
     shared = sorted(child & parent)
     assert not shared, (
-        f"TCP connection(s) {shared} carried requests of both the parent and its {method} "
+        f"TCP connection(s) {shared} carried requests of both the parent and its {path} "
         f"child {report['pid']}: the child used the parent's pooled connection"
     )

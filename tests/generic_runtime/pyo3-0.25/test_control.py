@@ -18,16 +18,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from forksafe._cli.engine import calls
 
 HERE = Path(__file__).resolve().parent
 FORK_CASES = [
-    "test_child_awaits_and_calls_again[os.fork]",
-    "test_child_awaits_and_calls_again[c-fork]",
-    "test_child_awaits_and_calls_again[raw-syscall]",
-    "test_child_awaits_and_calls_again[mp-fork]",
-    "test_fork_from_a_thread",
-    "test_nested_forks_three_deep[os.fork]",
-    "test_nested_forks_three_deep[c-fork]",
+    *(f"test_child_awaits_and_calls_again[{path}]" for path in calls.PATHS),
+    "test_nested_forks_three_deep[os_fork]",
+    "test_nested_forks_three_deep[c_fork]",
 ]
 PARENT_CASES = ["test_parent_still_works_after_the_forks", "test_build"]
 CONTROL_DEADLINE = "4"

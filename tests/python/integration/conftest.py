@@ -7,14 +7,10 @@ process that was not there before the test): they are killed and the test fails.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
 import integ_support
 import pytest
-
-if str(integ_support.APPS) not in sys.path:
-    sys.path.insert(0, str(integ_support.APPS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

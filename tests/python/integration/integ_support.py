@@ -1,23 +1,22 @@
-"""Process plumbing for the integration tests: services, the process table, forks, deadlines.
+"""Process plumbing for the integration tests: services, the process table, deadlines.
 
 Everything here has a deadline. A server or worker runs in its own session (so its whole process
 group can be found and killed), writes its output to files, and is stopped by the test; a hang
-fails the test with the last lines the process wrote. Forked children report over a pipe and are
-killed when they miss their deadline; their last words go into the failure message.
+fails the test with the last lines the process wrote. The tests fork their own children through
+the suite's one harness, ``forkutil`` (the engine's paths and hang detector).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib.util
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-import traceback
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -256,11 +255,6 @@ class Service:
         return live_group_members(self.pid) if self.proc is not None else set()
 
 
-# --------------------------------------------------------------------------------------------
-# Forked children under a hang detector.
-# --------------------------------------------------------------------------------------------
-
-
 @contextlib.contextmanager
 def gunicorn_preload(
     app: str, workdir: Path, *, cwd: Path = APPS, env: dict[str, str] | None = None
@@ -302,161 +296,24 @@ def gunicorn_preload(
         service.stop()
 
 
-def _write_line(fd: int, message: dict[str, Any]) -> None:
-    data = memoryview(json.dumps(message).encode() + b"\n")
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-class ChildResult:
-    """What one forked child reported."""
-
-    def __init__(self, index: int, pid: int) -> None:
-        self.index = index
-        self.pid = pid
-        self.buffer = b""
-        self.eof = False
-        self.status: int | None = None
-        self.killed = False
-
-    def messages(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.buffer.decode(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"progress": f"(unparsed) {line}"})
-        return out
-
-    @property
-    def report(self) -> Any:
-        return next((m["report"] for m in self.messages() if "report" in m), None)
-
-    @property
-    def error(self) -> str | None:
-        return next((m["error"] for m in self.messages() if "error" in m), None)
-
-    def last_words(self, lines: int = 15) -> str:
-        words = []
-        for m in self.messages():
-            if "progress" in m:
-                words.append(str(m["progress"]))
-            elif "error" in m:
-                words.append(f"error:\n{m['error']}")
-            elif "report" in m:
-                words.append("(sent its report)")
-        return "\n".join(words[-lines:]) or "(nothing)"
-
-
-class Reporter:
-    """A child's line to its parent."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def progress(self, message: str) -> None:
-        _write_line(self.fd, {"progress": f"[pid {os.getpid()}] {message}"})
-
-
-def fork_children(
-    count: int,
-    body: Callable[[int, Reporter], Any],
-    *,
-    deadline: float = 20.0,
-    start_together: bool = True,
-) -> list[ChildResult]:
-    """Forks ``count`` children with ``os.fork``; child ``i`` runs ``body(i, reporter)`` and its
-    return value goes back to the parent as JSON. With ``start_together`` every child waits on a
-    shared pipe until all are forked, so their work overlaps. Children leave with ``os._exit``.
-
-    The parent reads every pipe until ``deadline`` seconds have passed; a child that has not
-    finished by then is killed with SIGKILL and the test fails with its last words.
-    """
-    go_r, go_w = os.pipe()
-    children: list[ChildResult] = []
-    fds: dict[int, ChildResult] = {}
-    try:
-        for index in range(count):
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: never returns
-                code = 1
-                try:
-                    os.close(r)
-                    os.close(go_w)
-                    reporter = Reporter(w)
-                    reporter.progress(f"child {index} started")
-                    if start_together:
-                        select.select([go_r], [], [], deadline)
-                    _write_line(w, {"report": body(index, reporter)})
-                    code = 0
-                except BaseException:
-                    try:
-                        _write_line(w, {"error": traceback.format_exc()})
-                    except BaseException:
-                        pass
-                finally:
-                    os._exit(code)
-            os.close(w)
-            child = ChildResult(index, pid)
-            children.append(child)
-            fds[r] = child
-    finally:
-        os.close(go_w)  # releases the children (EOF on go_r), also if forking failed midway
-        os.close(go_r)
-    expires = time.monotonic() + deadline
-    try:
-        while fds or any(c.status is None for c in children):
-            for child in children:
-                if child.status is None:
-                    done, status = os.waitpid(child.pid, os.WNOHANG)
-                    if done:
-                        child.status = status
-            remaining = expires - time.monotonic()
-            if remaining <= 0:
-                break
-            if fds:
-                ready, _, _ = select.select(list(fds), [], [], min(remaining, 0.05))
-                for fd in ready:
-                    data = os.read(fd, 65536)
-                    if data:
-                        fds[fd].buffer += data
-                    else:
-                        fds.pop(fd).eof = True
-                        os.close(fd)
-            else:
-                time.sleep(0.01)
-    finally:
-        for fd in list(fds):
-            os.close(fd)
-        for child in children:
-            if child.status is None:
-                child.killed = True
-                kill_all([child.pid])
-                _, child.status = os.waitpid(child.pid, 0)
-    hung = [c for c in children if c.killed]
-    if hung:
-        details = "\n".join(
-            f"child {c.index} (pid {c.pid}) hung and was killed; last words:\n{c.last_words()}"
-            for c in hung
-        )
-        pytest.fail(
-            f"{len(hung)} of {count} children missed the {deadline:.0f} s deadline:\n{details}",
-            pytrace=False,
-        )
-    broken = [
-        c
-        for c in children
-        if c.error is not None or c.report is None or os.waitstatus_to_exitcode(c.status or 0)
-    ]
-    if broken:
-        details = "\n".join(
-            f"child {c.index} (pid {c.pid}) exit {os.waitstatus_to_exitcode(c.status or 0)}; "
-            f"last words:\n{c.last_words()}"
-            for c in broken
-        )
-        pytest.fail(f"{len(broken)} of {count} children failed:\n{details}", pytrace=False)
-    return children
+def app(name: str) -> types.ModuleType:
+    """The module ``name`` of the apps directory, imported in this process by its file (after
+    ``forksafe_probe``, which every app imports by name). Subprocesses find the apps on their
+    PYTHONPATH (:func:`subprocess_env`); this process's ``sys.path`` stays as it is."""
+    for module_name in dict.fromkeys(("forksafe_probe", name)):
+        if module_name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(module_name, APPS / f"{module_name}.py")
+        if spec is None or spec.loader is None:
+            raise ImportError(f"no app {module_name!r} in {APPS}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # pickled functions find it by name in a worker
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    return sys.modules[name]
 
 
 def python() -> str:

@@ -7,7 +7,6 @@ in the test's temporary directory: no server, no port.
 
 from __future__ import annotations
 
-import importlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ RESULT_DEADLINE = 60.0
 @pytest.fixture
 def celery_worker(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
     # Imported here, not at collection: importing the tasks module uses forksafe in this process.
-    tasks = importlib.import_module("forksafe_celery_tasks")
+    tasks = integ_support.app("forksafe_celery_tasks")
     folder = str(tmp_path / "celery")
     tasks.configure(folder)
     service = Service(

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import forksafe
+import forkutil
 import integ_support
 import pytest
-from integ_support import Reporter, Service
+from integ_support import Service
 
 CHILDREN = 8
 THREADS_PER_CHILD = 3
@@ -145,7 +146,7 @@ _POOL: forksafe.ForkLocal[KeepAlivePool] | None = None
 _SHARED_CONNECTION: http.client.HTTPConnection | None = None
 
 
-def _fork_local_child(index: int, reporter: Reporter) -> dict[str, Any]:
+def _fork_local_child(index: int) -> dict[str, Any]:
     assert _POOL is not None
     pool = _POOL.get()
     responses: list[dict[str, Any]] = []
@@ -164,9 +165,9 @@ def _fork_local_child(index: int, reporter: Reporter) -> dict[str, Any]:
     for t in threads:
         t.join(CHILD_DEADLINE / 2)
         if t.is_alive():
-            reporter.progress(f"thread {t.name} still waiting for the server")
+            forkutil.progress(f"thread {t.name} still waiting for the server")
             errors.append(f"thread {t.name} did not finish")
-    reporter.progress(f"{len(responses)} responses, {len(errors)} errors")
+    forkutil.progress(f"{len(responses)} responses, {len(errors)} errors")
     return {
         "pid": os.getpid(),
         "pool_owner": pool.owner,
@@ -188,7 +189,7 @@ def test_fork_local_pool_is_per_process(pid_server: tuple[Service, str, int]) ->
         parent_conns = {r["local"] for r in before}
         assert len(parent_conns) == 1, "the parent's pool did not keep its connection alive"
 
-        children = integ_support.fork_children(CHILDREN, _fork_local_child, deadline=CHILD_DEADLINE)
+        children = forkutil.run_children(CHILDREN, _fork_local_child, deadline=CHILD_DEADLINE)
 
         after = [parent_pool.request(f"parent-after={i}") for i in range(3)]
         assert {r["local"] for r in after} == parent_conns, (
@@ -228,7 +229,7 @@ def test_fork_local_pool_is_per_process(pid_server: tuple[Service, str, int]) ->
     )
 
 
-def _shared_child(index: int, reporter: Reporter) -> dict[str, Any]:
+def _shared_child(index: int) -> dict[str, Any]:
     conn = _SHARED_CONNECTION
     assert conn is not None
     responses: list[dict[str, Any]] = []
@@ -238,7 +239,7 @@ def _shared_child(index: int, reporter: Reporter) -> dict[str, Any]:
             responses.append(_request(conn, f"child={index}&req={j}"))
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-            reporter.progress(f"request {j} failed: {exc!r}")
+            forkutil.progress(f"request {j} failed: {exc!r}")
             break  # the connection's state is broken from here on; one failure is enough
     return {"pid": os.getpid(), "responses": responses, "errors": errors}
 
@@ -256,7 +257,7 @@ def test_shared_connection_without_fork_local_is_detected(
     try:
         before = [_request(_SHARED_CONNECTION, "parent-before=0")]
         # All children start together and fire their requests down the one inherited socket.
-        children = integ_support.fork_children(CHILDREN, _shared_child, deadline=CHILD_DEADLINE)
+        children = forkutil.run_children(CHILDREN, _shared_child, deadline=CHILD_DEADLINE)
         try:
             before.append(_request(_SHARED_CONNECTION, "parent-after=0"))
         except Exception as exc:

@@ -9,7 +9,6 @@ server's live state instead. 100 tasks each; every result is checked.
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -32,7 +31,7 @@ SHUTDOWN_DEADLINE = 30.0
 def _tasks() -> Any:
     """The tasks module, imported on first use (importing it uses forksafe in this process,
     which must not happen at collection time, under other tests)."""
-    return importlib.import_module("forksafe_pool_tasks")
+    return integ_support.app("forksafe_pool_tasks")
 
 
 def _values(tag: str) -> list[str]:
@@ -113,7 +112,7 @@ def test_multiprocessing_pool_fork() -> None:
     parent = _warm_parent()
     me = os.getpid()
     before = integ_support.live_descendants(me)
-    values = _values("mp-fork")
+    values = _values("mp_fork")
     results = _run_pool(multiprocessing.get_context("fork"), values, before)
     workers = _check_all(results, values, me, parent["guard"])
     assert not {r["client_id"] for r in results.values()} & {parent["client_id"]}
