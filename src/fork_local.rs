@@ -506,6 +506,79 @@ impl<T, E> Drop for ForkLocal<T, E> {
 /// assert_eq!(store.endpoint(), "http://127.0.0.1:9000");
 /// assert!(std::ptr::eq(store.client.get(), store.clone().client.get())); // clones share it
 /// ```
+///
+/// **A client from a builder that is not `Clone`** (`reqwest::ClientBuilder`): keep the plain
+/// configuration (a `Clone` struct: certificates as bytes, timeouts, names), never the builder,
+/// and move the builder code into the initialiser, which runs once per process. This one is
+/// compiled (not run: forksafe's reqwest has no TLS crypto provider installed) with the
+/// feature `object-store-0-14`:
+///
+/// ```no_run
+/// # #[cfg(feature = "object-store-0-14")] {
+/// # use reqwest_0_13 as reqwest;
+/// use std::time::Duration;
+///
+/// use forksafe::Prebuilt;
+///
+/// /// Everything that builds the client: plain data, copied into a child by fork.
+/// #[derive(Clone, Debug)]
+/// struct HttpConfig {
+///     /// A private CA's root certificates (PEM), read once by the process that built this.
+///     root_pems: Vec<Vec<u8>>,
+///     timeout: Duration,
+///     connect_timeout: Duration,
+///     user_agent: String,
+/// }
+///
+/// impl HttpConfig {
+///     /// The `ClientBuilder` code that used to run once, now run once per process.
+///     fn build(&self) -> reqwest::Result<reqwest::Client> {
+///         let mut builder = reqwest::Client::builder()
+///             .timeout(self.timeout)
+///             .connect_timeout(self.connect_timeout)
+///             .user_agent(&self.user_agent);
+///         for pem in &self.root_pems {
+///             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+///         }
+///         builder.build()
+///     }
+/// }
+///
+/// /// Cloned per table, as LanceDB clones its client: the clones share one pool per process.
+/// #[derive(Clone)]
+/// struct RestClient {
+///     base: String,
+///     http: Prebuilt<reqwest::Client, reqwest::Error>,
+/// }
+///
+/// impl RestClient {
+///     /// A bad certificate fails here, in the constructor.
+///     fn try_new(base: &str, config: HttpConfig) -> reqwest::Result<Self> {
+///         let http = Prebuilt::try_new(move || config.build())?;
+///         Ok(RestClient { base: base.to_owned(), http })
+///     }
+///
+///     async fn get(&self, path: &str) -> reqwest::Result<String> {
+///         // `try_get`, not `get`: in a child this builds the child's own client, and its
+///         // error (out of file descriptors) is returned, not panicked across FFI.
+///         let http = self.http.try_get()?;
+///         http.get(format!("{}{path}", self.base)).send().await?.text().await
+///     }
+/// }
+///
+/// let pem = std::fs::read("/etc/my-ca.pem").unwrap();
+/// let config = HttpConfig {
+///     root_pems: vec![pem],
+///     timeout: Duration::from_secs(30),
+///     connect_timeout: Duration::from_secs(5),
+///     user_agent: "my-ext/1.0".to_owned(),
+/// };
+/// let client = RestClient::try_new("https://db.internal", config).unwrap();
+/// let table = client.clone(); // the same pool
+/// let body = forksafe::block_on(table.get("/v1/tables")).unwrap();
+/// # drop((client, body));
+/// # }
+/// ```
 pub struct Prebuilt<T, E> {
     local: ForkLocal<T, E>,
 }
