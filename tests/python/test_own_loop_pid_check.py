@@ -8,7 +8,8 @@ from __future__ import annotations
 import _thread
 import asyncio
 import os
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import forksafe
 import forkutil
