@@ -29,21 +29,61 @@ pub struct RuntimeConfig {
 /// The smallest stack forksafe accepts for runtime threads.
 pub const MIN_THREAD_STACK_SIZE: usize = 64 * 1024;
 
+/// The most workers [`RuntimeConfig::new`] starts, whatever the core count.
+pub const DEFAULT_MAX_WORKER_THREADS: usize = 4;
+
+/// The blocking-pool limit of [`RuntimeConfig::new`] (tokio's own default is 512).
+pub const DEFAULT_MAX_BLOCKING_THREADS: usize = 64;
+
 impl RuntimeConfig {
-    /// The defaults: one worker per available core (at most 4), thread names `forksafe-N`,
-    /// 64 blocking threads, 2 MiB stacks.
+    /// The defaults: one worker per available core **at most 4**
+    /// ([`DEFAULT_MAX_WORKER_THREADS`]), thread names `forksafe-N`, **64** blocking threads
+    /// ([`DEFAULT_MAX_BLOCKING_THREADS`]), 2 MiB stacks.
+    ///
+    /// These are smaller than tokio's and pyo3-async-runtimes' (one worker per core, 512
+    /// blocking threads): every forked child builds a runtime of its own, so a parent with
+    /// 16 DataLoader workers on a 64-core machine would otherwise start 16 × 64 workers. An
+    /// extension migrating from pyo3-async-runtimes that wants its old size back passes
+    /// [`RuntimeConfig::pyo3_async_runtimes_defaults`] to [`configure`](crate::configure);
+    /// `process_info()` reports the size in use (docs/design.md, "Runtime size", has the
+    /// measured thread counts).
     ///
     /// ```
-    /// assert!(forksafe::RuntimeConfig::new().get_worker_threads() >= 1);
+    /// let config = forksafe::RuntimeConfig::new();
+    /// assert!((1..=4).contains(&config.get_worker_threads()));
+    /// assert_eq!(config.get_max_blocking_threads(), 64);
     /// ```
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         RuntimeConfig {
-            worker_threads: cores.clamp(1, 4),
+            worker_threads: cores.clamp(1, DEFAULT_MAX_WORKER_THREADS),
             thread_name: "forksafe".to_owned(),
-            max_blocking_threads: 64,
+            max_blocking_threads: DEFAULT_MAX_BLOCKING_THREADS,
             thread_stack_size: 2 * 1024 * 1024,
         }
+    }
+
+    /// The size pyo3-async-runtimes' default runtime has (0.30's `tokio::init` default:
+    /// `Builder::new_multi_thread()`, so tokio's defaults): **one worker per available core**
+    /// and **512 blocking threads**, 2 MiB stacks. The thread names stay `forksafe-N`, and the
+    /// runtime is still built without the signal and process drivers (invariant 8).
+    ///
+    /// For an extension migrating from `pyo3_async_runtimes::tokio` (or a runtime of its own of
+    /// that size, as LanceDB's was) that must keep its size: every process, each forked child
+    /// included, builds a runtime this large on first use.
+    ///
+    /// ```
+    /// let config = forksafe::RuntimeConfig::pyo3_async_runtimes_defaults();
+    /// let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    /// assert_eq!(config.get_worker_threads(), cores);
+    /// assert_eq!(config.get_max_blocking_threads(), 512);
+    /// forksafe::configure(config).unwrap();
+    /// ```
+    pub fn pyo3_async_runtimes_defaults() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        RuntimeConfig::new()
+            .worker_threads(cores)
+            .max_blocking_threads(512)
     }
 
     /// Number of worker threads (at least 1).
@@ -180,6 +220,12 @@ pub(crate) fn set(config: RuntimeConfig) {
     // The value replaced is leaked: a thread of this process may still be reading it, and
     // `configure` is called a handful of times at most, before first use.
     CONFIG.replace(Box::new(config));
+}
+
+/// The configuration this process's runtime is (or would now be) built with, without pinning
+/// the defaults: what `process_info()` reports.
+pub(crate) fn in_force() -> RuntimeConfig {
+    CONFIG.get().cloned().unwrap_or_default()
 }
 
 /// The configuration to build with, resolving and pinning the defaults on first use so that

@@ -40,8 +40,28 @@ use crate::publish::{Published, Refused};
 /// configuration, with [`ForkLocal::with_init`]: see there. An initialiser that can fail
 /// ([`ForkLocal::try_with_init`], [`ForkLocal::try_new`]) makes a `ForkLocal<T, E>` read with
 /// [`try_get`](ForkLocal::try_get); an error is returned, not cached, and the next call retries.
-/// A clone shares the initialiser, never the value: it builds its own, once per process (put the
-/// `ForkLocal` in an `Arc` to share one value between owners).
+/// To fail at construction and never at access, see [`Prebuilt`].
+///
+/// # Clones share the value
+///
+/// A clone is cheap (it copies a pointer) and, in every process, yields **the same value** as
+/// the original: one value per process for the original and all its clones, as a
+/// `reqwest::Client`'s clones share one pool. In a child, the first access through any of them
+/// builds the child's one value, once, for all of them (concurrent first accesses from several
+/// clones and threads build it once); the parent's clones keep the parent's. So a
+/// `ForkLocal<reqwest::Client>` field in a `#[derive(Clone)]` struct behaves like the client it
+/// replaces, with no `Arc` around it. For one value per instance (the behaviour before 0.2),
+/// take [`ForkLocal::detached`]: the same initialiser, a value of its own.
+///
+/// ```
+/// use forksafe::ForkLocal;
+///
+/// let pool = ForkLocal::with_init(|| Box::new(std::process::id()));
+/// let clone = pool.clone();
+/// assert!(std::ptr::eq(pool.get(), clone.get())); // one value, shared
+/// let own = pool.detached();
+/// assert!(!std::ptr::eq(pool.get(), own.get())); // a value of its own
+/// ```
 ///
 /// # Objects built in the parent
 ///
@@ -51,14 +71,19 @@ use crate::publish::{Published, Refused};
 /// parent's connections, although the runtime itself is per-process.
 pub struct ForkLocal<T, E = Infallible> {
     init: Init<T, E>,
-    /// This process's slot; a child replaces an inherited one (and leaks it).
-    slot: Published<Slot<T>>,
+    /// The cell shared by this instance and its clones, allocated on first use or first clone
+    /// (a `const fn` cannot allocate). It holds this process's slot; a child replaces an
+    /// inherited slot (and leaks it), once, for every clone.
+    shared: Published<Shared<T>>,
 }
+
+/// The slot cell every clone points at.
+type Shared<T> = Arc<Published<Slot<T>>>;
 
 /// How a process builds its value: a plain function (`const`, for statics) or a closure that
 /// captured an instance's configuration. The closure itself is plain data (copied into a child
 /// by fork like any other memory), so calling it in a child is as safe as calling the function.
-/// It sits in an `Arc` so that a clone shares it (never the value).
+/// It sits in an `Arc` so that a clone shares it.
 enum Init<T, E> {
     Fn(fn() -> T),
     TryFn(fn() -> Result<T, E>),
@@ -134,7 +159,7 @@ impl<T> ForkLocal<T> {
     pub const fn new(init: fn() -> T) -> Self {
         ForkLocal {
             init: Init::Fn(init),
-            slot: Published::new(),
+            shared: Published::new(),
         }
     }
 
@@ -181,7 +206,7 @@ impl<T> ForkLocal<T> {
     pub fn with_init(init: impl Fn() -> T + Send + Sync + 'static) -> Self {
         ForkLocal {
             init: Init::Closure(Arc::new(move || Ok(init()))),
-            slot: Published::new(),
+            shared: Published::new(),
         }
     }
 
@@ -215,7 +240,7 @@ impl<T, E> ForkLocal<T, E> {
     pub const fn try_new(init: fn() -> Result<T, E>) -> Self {
         ForkLocal {
             init: Init::TryFn(init),
-            slot: Published::new(),
+            shared: Published::new(),
         }
     }
 
@@ -252,7 +277,7 @@ impl<T, E> ForkLocal<T, E> {
     pub fn try_with_init(init: impl Fn() -> Result<T, E> + Send + Sync + 'static) -> Self {
         ForkLocal {
             init: Init::Closure(Arc::new(init)),
-            slot: Published::new(),
+            shared: Published::new(),
         }
     }
 
@@ -286,9 +311,10 @@ impl<T, E> ForkLocal<T, E> {
     #[inline]
     pub fn try_get(&self) -> Result<&T, E> {
         let me: *const Process = guard::current();
-        let slot = match self.slot.get() {
+        let cell = self.cell();
+        let slot = match cell.get() {
             Some(slot) if slot.owner == me => slot,
-            _ => self.install(me),
+            _ => install(cell, me),
         };
         match slot.value.get() {
             Some(value) => Ok(value),
@@ -317,37 +343,74 @@ impl<T, E> ForkLocal<T, E> {
     /// ```
     pub fn get_if_built(&self) -> Option<&T> {
         let me: *const Process = guard::current();
-        let slot = self.slot.get()?;
+        let slot = self.shared.get()?.get()?;
         (slot.owner == me).then(|| slot.value.get()).flatten()
     }
 
-    /// Installs an empty slot owned by `me`, forgetting (leaking) an inherited one.
+    /// The slot cell shared with the clones, allocated on the first call.
+    #[inline]
+    fn cell(&self) -> &Shared<T> {
+        match self.shared.get() {
+            Some(cell) => cell,
+            None => self.allocate(),
+        }
+    }
+
+    /// Racers may each allocate; one cell is published and the losers drop theirs (empty).
     #[cold]
-    fn install(&self, me: *const Process) -> &Slot<T> {
-        let mut fresh = Box::new(Slot {
-            owner: me,
-            value: OnceLock::new(),
-            building: Mutex::new(()),
-        });
-        let mut seen = self.slot.get();
-        loop {
-            if let Some(slot) = seen.filter(|slot| slot.owner == me) {
-                // Another thread of this process installed first; `fresh` is dropped unseen.
-                return slot;
-            }
-            // `seen` is empty or inherited: replace it; the cell leaks it (invariant 2).
-            match self.slot.publish(seen, fresh) {
-                Ok(slot) => return slot,
-                Err(Refused { value, current }) => (fresh, seen) = (value, current),
-            }
+    fn allocate(&self) -> &Shared<T> {
+        self.shared.get_or_publish(|| Arc::new(Published::new()))
+    }
+
+    /// A new `ForkLocal` with the same initialiser and **a value of its own**: it builds its
+    /// own value once per process, shared with its own clones but not with `self`'s. This is
+    /// what `clone` did before 0.2; use it when each owner needs a separate resource (a
+    /// connection per worker object, say).
+    ///
+    /// ```
+    /// use forksafe::ForkLocal;
+    ///
+    /// let endpoint = String::from("http://127.0.0.1:9000");
+    /// let a = ForkLocal::with_init(move || (endpoint.clone(), Box::new(0u8)));
+    /// let b = a.detached();
+    /// assert_eq!(a.get().0, b.get().0); // the same configuration
+    /// assert!(!std::ptr::eq(a.get(), b.get())); // two values
+    /// ```
+    pub fn detached(&self) -> Self {
+        ForkLocal {
+            init: self.init.clone(),
+            shared: Published::new(),
         }
     }
 }
 
-/// A clone is a new `ForkLocal` with the same initialiser (the closure is shared, never copied):
-/// it builds **its own value**, once per process, on first use, and shares no value with the
-/// original, in the parent or in any child. To share one value between owners (one client pool
-/// for every clone of a store), put the `ForkLocal` in an `Arc` instead.
+/// Installs an empty slot owned by `me` in `cell`, forgetting (leaking) an inherited one.
+#[cold]
+fn install<T>(cell: &Published<Slot<T>>, me: *const Process) -> &Slot<T> {
+    let mut fresh = Box::new(Slot {
+        owner: me,
+        value: OnceLock::new(),
+        building: Mutex::new(()),
+    });
+    let mut seen = cell.get();
+    loop {
+        if let Some(slot) = seen.filter(|slot| slot.owner == me) {
+            // Another thread (or clone) of this process installed first; `fresh` is dropped
+            // unseen.
+            return slot;
+        }
+        // `seen` is empty or inherited: replace it; the cell leaks it (invariant 2).
+        match cell.publish(seen, fresh) {
+            Ok(slot) => return slot,
+            Err(Refused { value, current }) => (fresh, seen) = (value, current),
+        }
+    }
+}
+
+/// A clone shares the initialiser **and the value**: in every process, the original and all its
+/// clones see one value, built once in that process by whichever of them is used first (in a
+/// child, the child's own value; the parent's clones keep the parent's). For a value of its
+/// own, see [`ForkLocal::detached`].
 ///
 /// ```
 /// use forksafe::ForkLocal;
@@ -355,21 +418,29 @@ impl<T, E> ForkLocal<T, E> {
 /// let endpoint = String::from("http://127.0.0.1:9000");
 /// let a = ForkLocal::with_init(move || (endpoint.clone(), Box::new(0u8)));
 /// let b = a.clone();
-/// assert_eq!(a.get().0, b.get().0); // the same configuration
-/// assert!(!std::ptr::eq(a.get(), b.get())); // two values
+/// assert!(std::ptr::eq(a.get(), b.get())); // one value
 /// ```
 impl<T, E> Clone for ForkLocal<T, E> {
     fn clone(&self) -> Self {
-        ForkLocal {
+        let clone = ForkLocal {
             init: self.init.clone(),
-            slot: Published::new(),
-        }
+            shared: Published::new(),
+        };
+        clone.shared.replace(Box::new(Arc::clone(self.cell())));
+        clone
     }
 }
 
 impl<T, E> Drop for ForkLocal<T, E> {
     fn drop(&mut self) {
-        let Some(slot) = self.slot.take() else {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        // The last clone (in this process's memory) decides what becomes of the slot.
+        let Some(mut cell) = Arc::into_inner(*shared) else {
+            return;
+        };
+        let Some(slot) = cell.take() else {
             return;
         };
         if !std::ptr::eq(slot.owner, guard::current()) {
@@ -377,6 +448,241 @@ impl<T, E> Drop for ForkLocal<T, E> {
             Box::leak(slot);
         }
         // Otherwise built by this process: dropped here.
+    }
+}
+
+/// A [`ForkLocal`] that **fails at construction, never at access**: [`Prebuilt::try_new`] builds
+/// this process's value at once and returns the error if it fails, and [`get`](Prebuilt::get)
+/// then hands out `&T` without a `Result`.
+///
+/// The shape of a client whose construction can fail but whose accessors cannot: build it in
+/// `try_new` (an invalid certificate or URL is the caller's error, now), then use it
+/// everywhere without an `expect`. Clones share the value, as [`ForkLocal`]'s do.
+///
+/// **In a child** the value is rebuilt on first access, by the same initialiser. The
+/// configuration already built once, so this fails only if the child lacks what the parent had
+/// (file descriptors, memory, a certificate file deleted since). Then:
+///
+/// - [`try_get`](Prebuilt::try_get) returns the error, and caches nothing: the next call
+///   tries again;
+/// - [`get`](Prebuilt::get) **panics** with that error (nothing cached either; a later call
+///   tries again). Code that must never panic (a `#[pyfunction]`, anything behind an FFI
+///   boundary) calls `try_get` and returns the error: PyO3 turns a panic into a
+///   `PanicException`, but a panic is still the wrong way to report "out of file
+///   descriptors".
+///
+/// ```
+/// use forksafe::Prebuilt;
+///
+/// struct Client {
+///     endpoint: String,
+/// }
+///
+/// fn connect(endpoint: &str) -> Result<Client, String> {
+///     match endpoint.strip_prefix("http://") {
+///         Some(_) => Ok(Client { endpoint: endpoint.to_owned() }),
+///         None => Err(format!("not an http endpoint: {endpoint}")),
+///     }
+/// }
+///
+/// #[derive(Clone)]
+/// struct Store {
+///     client: Prebuilt<Client, String>,
+/// }
+///
+/// impl Store {
+///     fn try_new(endpoint: &str) -> Result<Self, String> {
+///         let endpoint = endpoint.to_owned();
+///         Ok(Store { client: Prebuilt::try_new(move || connect(&endpoint))? })
+///     }
+///
+///     fn endpoint(&self) -> &str {
+///         &self.client.get().endpoint // no Result here: it was checked in try_new
+///     }
+/// }
+///
+/// assert!(Store::try_new("ftp://example").is_err()); // fails at construction
+/// let store = Store::try_new("http://127.0.0.1:9000").unwrap();
+/// assert_eq!(store.endpoint(), "http://127.0.0.1:9000");
+/// assert!(std::ptr::eq(store.client.get(), store.clone().client.get())); // clones share it
+/// ```
+///
+/// **A client from a builder that is not `Clone`** (`reqwest::ClientBuilder`): keep the plain
+/// configuration (a `Clone` struct: certificates as bytes, timeouts, names), never the builder,
+/// and move the builder code into the initialiser, which runs once per process. This one is
+/// compiled (not run: forksafe's reqwest has no TLS crypto provider installed) with the
+/// feature `object-store-0-14`:
+///
+/// ```no_run
+/// # #[cfg(feature = "object-store-0-14")] {
+/// # use reqwest_0_13 as reqwest;
+/// use std::time::Duration;
+///
+/// use forksafe::Prebuilt;
+///
+/// /// Everything that builds the client: plain data, copied into a child by fork.
+/// #[derive(Clone, Debug)]
+/// struct HttpConfig {
+///     /// A private CA's root certificates (PEM), read once by the process that built this.
+///     root_pems: Vec<Vec<u8>>,
+///     timeout: Duration,
+///     connect_timeout: Duration,
+///     user_agent: String,
+/// }
+///
+/// impl HttpConfig {
+///     /// The `ClientBuilder` code that used to run once, now run once per process.
+///     fn build(&self) -> reqwest::Result<reqwest::Client> {
+///         let mut builder = reqwest::Client::builder()
+///             .timeout(self.timeout)
+///             .connect_timeout(self.connect_timeout)
+///             .user_agent(&self.user_agent);
+///         for pem in &self.root_pems {
+///             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+///         }
+///         builder.build()
+///     }
+/// }
+///
+/// /// Cloned per table, as LanceDB clones its client: the clones share one pool per process.
+/// #[derive(Clone)]
+/// struct RestClient {
+///     base: String,
+///     http: Prebuilt<reqwest::Client, reqwest::Error>,
+/// }
+///
+/// impl RestClient {
+///     /// A bad certificate fails here, in the constructor.
+///     fn try_new(base: &str, config: HttpConfig) -> reqwest::Result<Self> {
+///         let http = Prebuilt::try_new(move || config.build())?;
+///         Ok(RestClient { base: base.to_owned(), http })
+///     }
+///
+///     async fn get(&self, path: &str) -> reqwest::Result<String> {
+///         // `try_get`, not `get`: in a child this builds the child's own client, and its
+///         // error (out of file descriptors) is returned, not panicked across FFI.
+///         let http = self.http.try_get()?;
+///         http.get(format!("{}{path}", self.base)).send().await?.text().await
+///     }
+/// }
+///
+/// let pem = std::fs::read("/etc/my-ca.pem").unwrap();
+/// let config = HttpConfig {
+///     root_pems: vec![pem],
+///     timeout: Duration::from_secs(30),
+///     connect_timeout: Duration::from_secs(5),
+///     user_agent: "my-ext/1.0".to_owned(),
+/// };
+/// let client = RestClient::try_new("https://db.internal", config).unwrap();
+/// let table = client.clone(); // the same pool
+/// let body = forksafe::block_on(table.get("/v1/tables")).unwrap();
+/// # drop((client, body));
+/// # }
+/// ```
+pub struct Prebuilt<T, E> {
+    local: ForkLocal<T, E>,
+}
+
+impl<T, E> Prebuilt<T, E> {
+    /// Builds this process's value now with `init`; `init` rebuilds it in each child, on first
+    /// access there.
+    ///
+    /// # Errors
+    ///
+    /// What `init` returned: nothing is kept, the caller holds no `Prebuilt`.
+    ///
+    /// ```
+    /// let port = forksafe::Prebuilt::try_new(|| "8080".parse::<u16>()).unwrap();
+    /// assert_eq!(*port.get(), 8080);
+    /// assert!(forksafe::Prebuilt::try_new(|| "http".parse::<u16>()).is_err());
+    /// ```
+    pub fn try_new(init: impl Fn() -> Result<T, E> + Send + Sync + 'static) -> Result<Self, E> {
+        let local = ForkLocal::try_with_init(init);
+        local.try_get()?;
+        Ok(Prebuilt { local })
+    }
+
+    /// This process's value: the one built by `try_new`, or in a child, its own, built on first
+    /// access.
+    ///
+    /// # Panics
+    ///
+    /// Only in a process other than the one that called `try_new` (a forked child), and only
+    /// if the initialiser fails there; the message carries its error. Nothing is cached: the
+    /// next call tries again. Use [`try_get`](Prebuilt::try_get) where a panic must not
+    /// happen.
+    ///
+    /// ```
+    /// let name = forksafe::Prebuilt::try_new(|| Ok::<_, String>(String::from("lance"))).unwrap();
+    /// assert_eq!(name.get(), "lance");
+    /// ```
+    #[inline]
+    pub fn get(&self) -> &T
+    where
+        E: fmt::Display,
+    {
+        match self.local.try_get() {
+            Ok(value) => value,
+            Err(e) => rebuild_failed(&e),
+        }
+    }
+
+    /// This process's value, or the error of this process's rebuild (in a child).
+    ///
+    /// # Errors
+    ///
+    /// What the initialiser returned in this process; never in the process that called
+    /// `try_new`. Not cached: the next call tries again.
+    ///
+    /// ```
+    /// let n = forksafe::Prebuilt::try_new(|| Ok::<u8, String>(7)).unwrap();
+    /// assert_eq!(n.try_get(), Ok(&7));
+    /// ```
+    #[inline]
+    pub fn try_get(&self) -> Result<&T, E> {
+        self.local.try_get()
+    }
+
+    /// The value, if this process already built it (the constructing process always has).
+    ///
+    /// ```
+    /// let n = forksafe::Prebuilt::try_new(|| Ok::<u8, String>(7)).unwrap();
+    /// assert_eq!(n.get_if_built(), Some(&7));
+    /// ```
+    pub fn get_if_built(&self) -> Option<&T> {
+        self.local.get_if_built()
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn rebuild_failed(error: &dyn fmt::Display) -> ! {
+    panic!(
+        "forksafe::Prebuilt: process {} could not rebuild its value (built and checked in an \
+         ancestor): {error}; call try_get() to get this error instead of a panic",
+        guard::current().pid()
+    )
+}
+
+/// A clone shares the value, as [`ForkLocal`]'s clone does.
+///
+/// ```
+/// let a = forksafe::Prebuilt::try_new(|| Ok::<_, String>(Box::new(1))).unwrap();
+/// assert!(std::ptr::eq(a.get(), a.clone().get()));
+/// ```
+impl<T, E> Clone for Prebuilt<T, E> {
+    fn clone(&self) -> Self {
+        Prebuilt {
+            local: self.local.clone(),
+        }
+    }
+}
+
+impl<T: fmt::Debug, E> fmt::Debug for Prebuilt<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prebuilt")
+            .field("value", &self.get_if_built())
+            .finish()
     }
 }
 

@@ -58,6 +58,7 @@
 /// forksafe::generic_runtime!(ForksafeRuntime);                                   // 0.25
 /// forksafe::generic_runtime!(ForksafeRuntime, pyo3_async_runtimes = "0.26");     // 0.26
 /// forksafe::generic_runtime!(pub ForksafeRuntime, pyo3_async_runtimes = "0.30"); // 0.27 – 0.30
+/// forksafe::generic_runtime!(pub LanceRuntime, pyo3_async_runtimes = "0.28");    // LanceDB (pyo3 0.28)
 /// ```
 ///
 /// The struct implements `pyo3_async_runtimes::generic::{Runtime, ContextExt, SpawnLocalExt,
@@ -66,8 +67,9 @@
 /// (doc comments) and a visibility before the name are kept.
 ///
 /// The argument is the extension's pyo3-async-runtimes minor, as a string, because the traits
-/// and PyO3 changed under it. Without it the expansion is the one for 0.25 (LanceDB's, the
-/// oldest tested). A minor it does not know is a compile error naming the known ones:
+/// and PyO3 changed under it. Without it the expansion is the one for 0.25 (the oldest
+/// tested). LanceDB's Python binding, on pyo3 0.28, adopted forksafe with
+/// `generic_runtime!(pub LanceRuntime, pyo3_async_runtimes = "0.28")`. A minor it does not know is a compile error naming the known ones:
 ///
 /// | pyo3-async-runtimes | argument                           | `Runtime::spawn_blocking` | `TaskLocals` copied by                   |
 /// |---------------------|------------------------------------|---------------------------|------------------------------------------|

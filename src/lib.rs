@@ -75,9 +75,11 @@ mod fault_injection;
 #[doc(hidden)]
 pub use fault_injection::{clear_build_hook, lock_lineage_shard, set_build_hook};
 
-pub use config::{RuntimeConfig, MIN_THREAD_STACK_SIZE};
+pub use config::{
+    RuntimeConfig, DEFAULT_MAX_BLOCKING_THREADS, DEFAULT_MAX_WORKER_THREADS, MIN_THREAD_STACK_SIZE,
+};
 pub use error::{Error, Result};
-pub use fork_local::ForkLocal;
+pub use fork_local::{ForkLocal, Prebuilt};
 pub use guard::{process_token, GuardChoice, GuardMode};
 pub use info::{process_info, ProcessInfo};
 pub use process::InheritedRuntime;

@@ -181,6 +181,30 @@ thread_local! {
 /// });
 /// assert_eq!(answer.unwrap(), 42);
 /// ```
+///
+/// A drop-in for `Runtime::block_on` at call sites that cannot return the error: `.expect()`,
+/// or one small wrapper (it panics where this function errs; never let that panic cross an FFI
+/// boundary, return the error there):
+///
+/// ```
+/// async fn lookup() -> u32 {
+///     7
+/// }
+///
+/// // was: RUNTIME.block_on(lookup())
+/// let n = forksafe::block_on(lookup()).expect("forksafe runtime");
+///
+/// /// `Runtime::block_on`'s shape. Panics where `forksafe::block_on` errs (on a runtime
+/// /// thread, nested, or when no runtime can be built).
+/// fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+///     match forksafe::block_on(fut) {
+///         Ok(output) => output,
+///         Err(e) => panic!("cannot block on forksafe's runtime: {e}"),
+///     }
+/// }
+/// let m = block_on(lookup());
+/// assert_eq!((n, m), (7, 7));
+/// ```
 pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     if on_runtime_thread() {
         return Err(Error::InsideRuntime {

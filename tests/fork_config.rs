@@ -63,6 +63,9 @@ fn invalid_values_are_rejected_naming_the_field() {
 fn report_shape(rep: &Reporter) {
     let rt = forksafe::runtime().expect("runtime()");
     rep.kv("num_workers", rt.metrics().num_workers());
+    let info = forksafe::process_info();
+    rep.kv("info_workers", info.worker_threads);
+    rep.kv("info_blocking", info.max_blocking_threads);
     let (name, pid) = forksafe::block_on(async {
         forksafe::spawn(async {
             (
@@ -156,6 +159,13 @@ fn configuration_is_inherited_by_children_and_frozen_after_first_use() {
         let pid = if prefix == "H." { h } else { part.pid as u32 };
         let ctx = format!("{prefix}: output:\n{}", report.output);
         assert_eq!(part.parse::<usize>("num_workers"), workers, "{ctx}");
+        // process_info() reports the size in use.
+        assert_eq!(part.parse::<usize>("info_workers"), workers, "{ctx}");
+        assert_eq!(
+            part.parse::<usize>("info_blocking"),
+            forksafe::DEFAULT_MAX_BLOCKING_THREADS,
+            "{ctx}"
+        );
         assert!(
             part.value("task_thread").starts_with(&format!("{name}-")),
             "{ctx}"

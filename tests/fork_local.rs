@@ -460,23 +460,24 @@ fn a_fallible_init_is_retried_not_cached_in_the_parent_and_in_a_child() {
 
 static CLONE_LOG: DropLog = DropLog::new();
 
-/// `ForkLocal: Clone`: a clone shares the initialiser, never the value. Cloned in the parent
+/// `ForkLocal::detached`: the same initialiser, a value of its own (what `clone` did before
+/// clones shared the value; `tests/fork_local_clones.rs` tests `clone`). Detached in the parent
 /// and inherited, each instance builds its own value once per process (the parent's and the
-/// child's are distinct), a clone made in the child does the same, and dropping the clones in
-/// the child drops only the child's own values.
+/// child's are distinct), one detached in the child does the same, and dropping them in the
+/// child drops only the child's own values.
 #[test]
-fn a_clone_builds_its_own_value_once_per_process() {
+fn a_detached_copy_builds_its_own_value_once_per_process() {
     let parent = getpid();
     let endpoint = String::from("http://a:1");
     let a = ForkLocal::with_init(move || (endpoint.clone(), CLONE_LOG.build()));
-    let b = a.clone();
+    let b = a.detached();
     assert_eq!(a.get().0, "http://a:1");
     assert_eq!(b.get().0, "http://a:1");
     let addr = |local: &ForkLocal<(String, Resource)>| local.get() as *const _ as usize;
     let parent_addrs = (addr(&a), addr(&b));
     assert_ne!(
         parent_addrs.0, parent_addrs.1,
-        "a clone builds its own value"
+        "a detached copy builds its own value"
     );
     assert_eq!(CLONE_LOG.inits.load(Ordering::SeqCst), 2);
 
@@ -485,7 +486,7 @@ fn a_clone_builds_its_own_value_once_per_process() {
         let (a, b) = locals.as_ref().unwrap();
         rep.kv("a.built_before_get", a.get_if_built().is_some());
         rep.kv("b.built_before_get", b.get_if_built().is_some());
-        let c = b.clone();
+        let c = b.detached();
         for (name, local) in [("a", a), ("b", b), ("c", &c)] {
             let (endpoint, resource) = local.get();
             rep.kv(&format!("{name}.endpoint"), endpoint);

@@ -187,6 +187,66 @@ macro_rules! connector_tests {
                 assert_eq!(DROPS.load(Ordering::SeqCst), 0);
             }
 
+            static SHARED_BUILDS: AtomicU32 = AtomicU32::new(0);
+            static SHARED_DROPS: AtomicU32 = AtomicU32::new(0);
+            static SHARED_DROPS_ELSEWHERE: AtomicU32 = AtomicU32::new(0);
+
+            /// The clones of one connected client (a store's clones hold clones of it) share
+            /// one build per process, with either connector: in the parent, and in a child,
+            /// where the first request through any clone builds the child's one client.
+            #[test]
+            fn clones_of_a_client_share_one_build_per_process() {
+                crate::name_the_runtime();
+                for spawned in [false, true] {
+                    SHARED_BUILDS.store(0, Ordering::SeqCst);
+                    let counting = Counting {
+                        builds: &SHARED_BUILDS,
+                        drops: &SHARED_DROPS,
+                        drops_elsewhere: &SHARED_DROPS_ELSEWHERE,
+                        fail: false,
+                    };
+                    let client = if spawned {
+                        SpawnedConnector::new(counting).connect(&ClientOptions::new())
+                    } else {
+                        ForkLocalConnector::new(counting).connect(&ClientOptions::new())
+                    }
+                    .unwrap();
+                    let clones: Vec<HttpClient> = (0..3).map(|_| client.clone()).collect();
+                    let rt = callers_runtime();
+                    let parent = getpid();
+                    for c in &clones {
+                        let answer = rt.block_on(text(c)).unwrap();
+                        assert!(answer.starts_with(&format!("{parent} ")), "{answer}");
+                    }
+                    assert_eq!(SHARED_BUILDS.load(Ordering::SeqCst), 1, "spawned={spawned}");
+                    let report = fork_child(ForkMethod::Libc, Duration::from_secs(30), |rep| {
+                        let rt = callers_runtime();
+                        for (i, c) in clones.iter().enumerate() {
+                            let answer = rt.block_on(text(c)).unwrap();
+                            rep.kv(&format!("answer{i}"), answer.split(' ').next().unwrap());
+                        }
+                        rep.kv("builds", SHARED_BUILDS.load(Ordering::SeqCst));
+                    });
+                    report.assert_ok();
+                    let ctx = format!("spawned={spawned}; output:\n{}", report.output);
+                    for i in 0..3 {
+                        assert_eq!(
+                            report.parse::<u32>(&format!("answer{i}")),
+                            report.pid as u32,
+                            "{ctx}"
+                        );
+                    }
+                    assert_eq!(
+                        report.parse::<u32>("builds"),
+                        2,
+                        "one build in the child; {ctx}"
+                    );
+                    assert_eq!(SHARED_BUILDS.load(Ordering::SeqCst), 1, "{ctx}");
+                    drop((clones, client));
+                }
+                assert_eq!(SHARED_DROPS_ELSEWHERE.load(Ordering::SeqCst), 0);
+            }
+
             static FAILED_BUILDS: AtomicU32 = AtomicU32::new(0);
             static UNUSED: AtomicU32 = AtomicU32::new(0);
 

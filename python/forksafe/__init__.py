@@ -34,7 +34,9 @@ def runtime_info() -> dict[str, Any]:
     Keys: ``pid``, ``depth``, ``runtimes_built`` (0 or 1), ``loops_built``,
     ``inherited_runtimes`` (list of ``(pid, generations_back)``), ``guard``
     (``"wipeonfork"``, ``"syscall"``, or ``"nofork"`` on Windows), ``guard_reason``,
-    ``gil_enabled`` (``False`` on a free-threaded CPython running without its GIL).
+    ``gil_enabled`` (``False`` on a free-threaded CPython running without its GIL),
+    ``worker_threads`` and ``max_blocking_threads`` (the size of this process's runtime: what
+    it was built with, or will be on first use).
     """
     info: dict[str, Any] = _native.runtime_info()
     info["loops_built"] = loops_built()

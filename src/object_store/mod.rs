@@ -108,6 +108,10 @@ macro_rules! connectors {
              first time a process sends a request through it. A child therefore builds its own \
              client (and connection pool) and never uses nor drops the one its parent built. \
              Requests run on the caller's runtime, as with object_store's own connector.\n\n",
+            "Each `connect` makes one per-process client, and every clone of the [`HttpClient`] \
+             it returns (a store's clones hold clones of it) shares it: one client per process \
+             for all of them, built once in a child by whichever clone sends the first request \
+             there, as [`ForkLocal`]'s clones share their value.\n\n",
             "`C` is any [`HttpConnector`]: the default [`ReqwestConnector`], or a library's own \
              wrapper (metering, throttling). `inner` is shared by every process's build, so it \
              must hold configuration, not live connections.\n\n",

@@ -163,7 +163,10 @@ def test_runtime_info_shape_and_guard_mode(parent_report: dict[str, Any]) -> Non
         "guard",
         "guard_reason",
         "gil_enabled",
+        "worker_threads",
+        "max_blocking_threads",
     }
+    assert info["worker_threads"] >= 1 and info["max_blocking_threads"] >= 1, info
     # sys._is_gil_enabled() exists from CPython 3.13; every older build has a GIL.
     assert info["gil_enabled"] is getattr(sys, "_is_gil_enabled", lambda: True)(), info
     assert info["pid"] == os.getpid()

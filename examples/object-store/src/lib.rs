@@ -344,6 +344,7 @@ mod v0_14 {
 }
 
 /// A built store of either minor.
+#[derive(Clone)]
 enum S3 {
     V0_13(object_store_0_13::aws::AmazonS3),
     V0_14(object_store_0_14::aws::AmazonS3),
@@ -383,24 +384,26 @@ impl S3 {
     }
 }
 
-/// Where a `Store`'s client lives.
+/// Where a `Store`'s client lives. Cloning it is cheap and shares the client: a store's clones
+/// share one connection pool, and so do a `ForkLocal`'s (or `Prebuilt`'s) clones, per process.
+#[derive(Clone)]
 enum Client {
     /// The main path: the store built once, where the `Store` was built, with a connector
     /// (`ForkLocalConnector`, `SpawnedConnector`, or the control's plain `ReqwestConnector`).
     /// A child uses the same store object; the connector decides whose HTTP client it gets.
     Built(S3),
     /// The recipe for clients with no connector hook: one store per process, built from the
-    /// captured configuration by the process that first uses it; a child never touches the
-    /// inherited one. A failed build is returned and tried again on the next call, never cached.
-    PerProcess(forksafe::ForkLocal<S3, String>),
+    /// captured configuration. `Prebuilt` builds this process's store at construction (a bad
+    /// configuration fails there); a child builds its own on first use and never touches the
+    /// inherited one. A child's failed build is returned by `try_get` (never a panic across
+    /// FFI) and tried again on the next call, never cached.
+    PerProcess(forksafe::Prebuilt<S3, String>),
 }
 
 impl Client {
     fn new(config: S3Config) -> Result<Self, String> {
         if config.connector == Connector::ForkLocalStore {
-            Ok(Client::PerProcess(forksafe::ForkLocal::try_with_init(
-                move || S3::build(&config),
-            )))
+            forksafe::Prebuilt::try_new(move || S3::build(&config)).map(Client::PerProcess)
         } else {
             S3::build(&config).map(Client::Built)
         }
@@ -493,19 +496,15 @@ fn client_error(key: &str, error: String) -> PyErr {
 #[pyclass(frozen, module = "forksafe_objstore._native")]
 struct Store {
     config: S3Config,
-    client: Arc<Client>,
+    client: Client,
 }
 
 impl Store {
     fn from_config(config: S3Config) -> PyResult<Self> {
-        let client = Client::new(config.clone()).map_err(|e| client_error("", e))?;
-        // Resolve this process's store now, so a bad configuration fails here, not at first
+        // Builds this process's store now, so a bad configuration fails here, not at first
         // use (with a connector this builds no HTTP client yet: that is per process).
-        client.get().map_err(|e| client_error("", e))?;
-        Ok(Store {
-            config,
-            client: Arc::new(client),
-        })
+        let client = Client::new(config.clone()).map_err(|e| client_error("", e))?;
+        Ok(Store { config, client })
     }
 
     /// The future of one `get`: it resolves the client in the process that runs it.
