@@ -23,6 +23,11 @@ pub struct ProcessInfo {
     pub inherited_runtimes: Vec<InheritedRuntime>,
     /// How the guard detects forks in this lineage, and why.
     pub guard: GuardChoice,
+    /// Whether tokio's `parking_lot` feature is on in this binary (a dependency's feature
+    /// request turns it on for every tokio user; see docs/extension-authors.md, "When a
+    /// dependency turns on tokio's parking_lot"). Told by a probe when the lineage's first
+    /// runtime is built; `None` before that, or where the probe cannot tell (not Linux).
+    pub tokio_parking_lot: Option<bool>,
 }
 
 /// What forksafe knows about the calling process: PID, runtimes built here (0 or 1), the
@@ -42,5 +47,6 @@ pub fn process_info() -> ProcessInfo {
         runtimes_built: usize::from(process.runtime().is_some()),
         inherited_runtimes: process.inherited(),
         guard: guard::choice(),
+        tokio_parking_lot: crate::tokio_probe::parking_lot(),
     }
 }
