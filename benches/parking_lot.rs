@@ -58,26 +58,31 @@ fn main() {
         "parking_lot bench: tokio parking_lot feature {}, {forks} forks per variant, deadline {deadline:?}, {users} forksafe threads + 3 parked",
         if repro::HAZARD { "ON (via forksafe-tokio-full)" } else { "off" },
     );
-    for variant in variants.split(',') {
-        let stacks = match variant {
-            "same-size" => Stacks::SameSize,
-            "stepped" => Stacks::Stepped,
-            "stepped-all" => Stacks::SteppedAll,
+    // The variants take turns fork by fork, so the machine's load falls on each alike.
+    let variants: Vec<(&str, Stacks)> = variants
+        .split(',')
+        .map(|variant| match variant {
+            "same-size" => (variant, Stacks::SameSize),
+            "stepped" => (variant, Stacks::Stepped),
+            "stepped-all" => (variant, Stacks::SteppedAll),
             other => panic!("unknown variant {other}"),
-        };
-        let start = Instant::now();
-        let mut per_path: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
-        let mut samples: Vec<String> = Vec::new();
-        for i in 0..forks {
-            let path = Path::ALL[(i as usize) % Path::ALL.len()];
+        })
+        .collect();
+    let start = Instant::now();
+    let mut counts: BTreeMap<(&str, &str), [u64; 3]> = BTreeMap::new();
+    let mut samples: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for i in 0..forks {
+        let path = Path::ALL[(i as usize) % Path::ALL.len()];
+        for &(variant, stacks) in &variants {
             let outcome = repro::fork_one(&mut parent, path, deadline, stacks, gdb);
-            let slot = per_path.entry(path.name()).or_default();
+            let slot = counts.entry((variant, path.name())).or_default();
+            let kept = samples.entry(variant).or_default();
             match outcome {
                 Outcome::Ok => slot[0] += 1,
                 Outcome::Crashed { status, stderr } => {
                     slot[1] += 1;
-                    if samples.len() < 3 {
-                        samples.push(format!(
+                    if kept.len() < 3 {
+                        kept.push(format!(
                             "crash {}: {status}: {}",
                             path.name(),
                             last_words(&stderr)
@@ -87,32 +92,41 @@ fn main() {
                 Outcome::Hung { stderr, threads } => {
                     slot[2] += 1;
                     if gdb {
-                        println!("first hang ({}):\n{threads}\nstderr: {stderr}", path.name());
+                        println!(
+                            "first hang ({variant}, {}):\n{threads}\nstderr: {stderr}",
+                            path.name()
+                        );
                         gdb = false;
                     }
-                    if samples.len() < 3 {
-                        samples.push(format!("hang {}: {}", path.name(), last_words(&stderr)));
+                    if kept.len() < 3 {
+                        kept.push(format!("hang {}: {}", path.name(), last_words(&stderr)));
                     }
                 }
             }
         }
+    }
+    for &(variant, _) in &variants {
         let (mut ok, mut crashed, mut hung) = (0, 0, 0);
-        for (path, [o, c, h]) in &per_path {
-            println!("  {variant:10} {path:12} ok {o:5}  crashed {c:4}  hung {h:4}");
+        for ((_, path), [o, c, h]) in counts.iter().filter(|((v, _), _)| *v == variant) {
+            println!("  {variant:11} {path:12} ok {o:5}  crashed {c:4}  hung {h:4}");
             ok += o;
             crashed += c;
             hung += h;
         }
         let failed = crashed + hung;
         println!(
-            "{variant:10} total {forks}: failed {failed} ({:.2} %): crashed {crashed}, hung {hung}, ok {ok}; {:.0} s",
+            "{variant:11} total {forks}: failed {failed} ({:.2} %): crashed {crashed}, hung {hung}, ok {ok}",
             100.0 * failed as f64 / forks as f64,
-            start.elapsed().as_secs_f64()
         );
-        for sample in samples {
+        for sample in samples.remove(variant).unwrap_or_default() {
             println!("    e.g. {sample}");
         }
     }
+    println!(
+        "{} forks in {:.0} s",
+        forks * variants.len() as u64,
+        start.elapsed().as_secs_f64()
+    );
     drop(parent);
 }
 
