@@ -34,6 +34,8 @@ def runtime_info() -> dict[str, Any]:
     Keys: ``pid``, ``depth``, ``runtimes_built`` (0 or 1), ``loops_built``,
     ``inherited_runtimes`` (list of ``(pid, generations_back)``), ``guard``
     (``"wipeonfork"``, ``"syscall"``, or ``"nofork"`` on Windows), ``guard_reason``,
+    ``tokio_parking_lot`` (``True`` when a dependency turned tokio's ``parking_lot`` feature on in
+    this binary, ``None`` before the first runtime or where the probe cannot tell),
     ``gil_enabled`` (``False`` on a free-threaded CPython running without its GIL).
     """
     info: dict[str, Any] = _native.runtime_info()
