@@ -29,6 +29,11 @@ pub struct ProcessInfo {
     pub worker_threads: usize,
     /// The blocking-pool limit of this process's runtime, as for `worker_threads`.
     pub max_blocking_threads: usize,
+    /// Whether tokio's `parking_lot` feature is on in this binary (a dependency's feature
+    /// request turns it on for every tokio user; see docs/extension-authors.md, "When a
+    /// dependency turns on tokio's parking_lot"). Told by a probe when the lineage's first
+    /// runtime is built; `None` before that, or where the probe cannot tell (not Linux).
+    pub tokio_parking_lot: Option<bool>,
 }
 
 /// What forksafe knows about the calling process: PID, runtimes built here (0 or 1), the
@@ -53,5 +58,6 @@ pub fn process_info() -> ProcessInfo {
         guard: guard::choice(),
         worker_threads: in_force.get_worker_threads(),
         max_blocking_threads: in_force.get_max_blocking_threads(),
+        tokio_parking_lot: crate::tokio_probe::parking_lot(),
     }
 }

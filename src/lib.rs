@@ -59,6 +59,7 @@ mod publish;
 mod runtime;
 mod sys;
 mod task;
+mod tokio_probe;
 
 #[cfg(feature = "python")]
 #[cfg_attr(docsrs, doc(cfg(feature = "python")))]
@@ -83,7 +84,9 @@ pub use fork_local::{ForkLocal, Prebuilt};
 pub use guard::{process_token, GuardChoice, GuardMode};
 pub use info::{process_info, ProcessInfo};
 pub use process::InheritedRuntime;
-pub use runtime::{block_on, configure, handle, runtime, spawn, spawn_blocking};
+pub use runtime::{
+    block_on, configure, handle, runtime, spawn, spawn_blocking, GENERATION_STACK_STEP,
+};
 
 /// What `generic_runtime!` expands against: not an API.
 #[doc(hidden)]

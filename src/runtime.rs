@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, RuntimeConfig};
 use crate::error::{Error, Result};
 use crate::guard;
+use crate::tokio_probe;
 
 /// This process's runtime, built on first use in each process.
 ///
@@ -42,14 +43,40 @@ pub fn runtime() -> Result<&'static Runtime> {
 
 #[cold]
 fn build_for(process: &'static crate::process::Process) -> Result<&'static Runtime> {
-    process.runtime_or_build(|| {
-        #[cfg(forksafe_fault_injection)]
-        crate::fault_injection::while_building_runtime();
-        build(config::current()).map_err(|source| Error::Build {
-            pid: process.pid(),
-            source,
+    process
+        .runtime_or_build(|| {
+            #[cfg(forksafe_fault_injection)]
+            crate::fault_injection::while_building_runtime();
+            build(config::current(), process.depth()).map_err(|source| Error::Build {
+                pid: process.pid(),
+                source,
+            })
         })
-    })
+        .inspect(|runtime| tokio_probe::probe_once(runtime))
+}
+
+/// Added to the configured stack size of the runtime threads once per generation (a process
+/// `depth` forks below the first forksafe user gets `depth` steps).
+///
+/// Why: glibc keeps the stacks of the threads a child did not inherit in its stack cache and
+/// serves a new thread from it when the requested size fits (requested <= cached <= 4 x
+/// requested). With tokio's `parking_lot` feature on, those dead stacks (and the TLS glibc
+/// frees with them) hold the parking-table nodes of the parent's parked threads; a runtime
+/// thread built on one overwrites nodes the table still links (docs/design.md, "Hazards that
+/// live in the dependencies"). A child's runtime threads always ask for more than any of its
+/// ancestors' runtime threads had, so glibc never hands them one of those stacks.
+///
+/// ```
+/// assert_eq!(forksafe::GENERATION_STACK_STEP, 64 * 1024);
+/// ```
+pub const GENERATION_STACK_STEP: usize = 64 * 1024;
+
+/// The stack size of a runtime thread `depth` generations down.
+fn stack_size(config: &RuntimeConfig, depth: u32) -> usize {
+    let steps = usize::try_from(depth).unwrap_or(usize::MAX);
+    config
+        .get_thread_stack_size()
+        .saturating_add(steps.saturating_mul(GENERATION_STACK_STEP))
 }
 
 /// Sets the configuration of this process's runtime, and of the runtimes its children build.
@@ -91,14 +118,14 @@ fn on_runtime_thread() -> bool {
     RUNTIME_THREAD.with(Cell::get)
 }
 
-fn build(config: &RuntimeConfig) -> std::io::Result<Runtime> {
+fn build(config: &RuntimeConfig, depth: u32) -> std::io::Result<Runtime> {
     let prefix = config.get_thread_name().to_owned();
     let counter = AtomicUsize::new(0);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.get_worker_threads())
         .max_blocking_threads(config.get_max_blocking_threads())
         // Always explicit: without it std reads RUST_MIN_STACK under its environment lock.
-        .thread_stack_size(config.get_thread_stack_size())
+        .thread_stack_size(stack_size(config, depth))
         .thread_name_fn(move || {
             let n = counter.fetch_add(1, Ordering::Relaxed);
             format!("{prefix}-{n}")

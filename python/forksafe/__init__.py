@@ -34,7 +34,9 @@ def runtime_info() -> dict[str, Any]:
     Keys: ``pid``, ``depth``, ``runtimes_built`` (0 or 1), ``loops_built``,
     ``inherited_runtimes`` (list of ``(pid, generations_back)``), ``guard``
     (``"wipeonfork"``, ``"syscall"``, or ``"nofork"`` on Windows), ``guard_reason``,
-    ``gil_enabled`` (``False`` on a free-threaded CPython running without its GIL),
+    ``tokio_parking_lot`` (``True`` when a dependency turned tokio's ``parking_lot`` feature on in
+    this binary, ``None`` before the first runtime or where the probe cannot tell),
+        ``gil_enabled`` (``False`` on a free-threaded CPython running without its GIL),
     ``worker_threads`` and ``max_blocking_threads`` (the size of this process's runtime: what
     it was built with, or will be on first use).
     """

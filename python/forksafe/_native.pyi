@@ -13,7 +13,7 @@ def process_token() -> int:
 
 def runtime_info() -> dict[str, Any]:
     """This process's runtime state (pid, depth, runtimes_built, inherited_runtimes, guard,
-    guard_reason, gil_enabled, worker_threads, max_blocking_threads)."""
+    guard_reason, tokio_parking_lot, gil_enabled, worker_threads, max_blocking_threads)."""
 
 def build_info() -> dict[str, Any]:
     """What the extension was built with: ``tokio_features`` and ``control_probe``."""

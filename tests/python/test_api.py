@@ -162,6 +162,7 @@ def test_runtime_info_shape_and_guard_mode(parent_report: dict[str, Any]) -> Non
         "inherited_runtimes",
         "guard",
         "guard_reason",
+        "tokio_parking_lot",
         "gil_enabled",
         "worker_threads",
         "max_blocking_threads",

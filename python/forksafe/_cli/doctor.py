@@ -108,13 +108,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Report what this platform gives forksafe, verified by real forks.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--cargo",
+        metavar="PATH/Cargo.toml",
+        help="instead: name each crate of this extension's tree that turns on tokio's "
+        "parking_lot, signal or process (exit 1 if one does, 2 if cargo cannot resolve it)",
+    )
     args = parser.parse_args(argv)
+    if args.cargo is not None:
+        return _cargo(args.cargo, as_json=args.json)
     report = diagnose()
     print(json.dumps(report, indent=2) if args.json else render(report))
     if report["guard"] == "nofork":
         return 0  # nothing forks here, so nothing can be uncovered
     covered = all(v == "covered" for v in report["fork_paths"].values())  # type: ignore[attr-defined]
     return 0 if covered else 1
+
+
+def _cargo(manifest: str, *, as_json: bool) -> int:
+    from dataclasses import asdict
+
+    from . import cargo_features
+
+    try:
+        reports = cargo_features.analyse(manifest)
+    except cargo_features.CargoError as error:
+        print(f"doctor --cargo: {error}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps([asdict(r) for r in reports], indent=2))
+    else:
+        print(cargo_features.render(manifest, reports))
+    hazard = any(f in r.features for r in reports for f in cargo_features.HAZARDS)
+    return 1 if hazard else 0
 
 
 if __name__ == "__main__":

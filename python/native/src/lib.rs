@@ -44,6 +44,7 @@ fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     dict.set_item("inherited_runtimes", inherited)?;
     dict.set_item("guard", info.guard.mode.as_str())?;
     dict.set_item("guard_reason", info.guard.reason)?;
+    dict.set_item("tokio_parking_lot", info.tokio_parking_lot)?;
     dict.set_item("gil_enabled", gil_enabled(py)?)?;
     dict.set_item("worker_threads", info.worker_threads)?;
     dict.set_item("max_blocking_threads", info.max_blocking_threads)?;

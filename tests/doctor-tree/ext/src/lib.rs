@@ -1,0 +1,1 @@
+//! Part of doctor --cargo's test tree; no code.

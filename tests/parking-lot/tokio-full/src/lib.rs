@@ -1,0 +1,1 @@
+//! Nothing but its tokio dependency: see Cargo.toml.
