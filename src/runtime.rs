@@ -108,14 +108,26 @@ pub fn configure(config: RuntimeConfig) -> Result<()> {
 }
 
 thread_local! {
-    /// Set on every thread a forksafe runtime starts: `block_on` there would panic or deadlock.
-    static RUNTIME_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// The process token ([`guard::process_token`]) of the runtime that started this thread, or
+    /// 0: `block_on` there would panic or deadlock. A token, so that a child forked from a
+    /// runtime thread can tell that the thread belongs to its parent's runtime.
+    static RUNTIME_THREAD: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Whether the calling thread was started by a forksafe runtime (this process's or, when a
 /// runtime thread forked, an ancestor's).
 fn on_runtime_thread() -> bool {
-    RUNTIME_THREAD.with(Cell::get)
+    RUNTIME_THREAD.with(Cell::get) != 0
+}
+
+/// Whether the calling thread was started by an ancestor's runtime: this process was forked
+/// from one of its worker threads (Python called from a bridged task that forked). tokio's
+/// `CONTEXT` thread-local there still holds the parent's scheduler, so no runtime can be
+/// entered on this thread (docs/design.md, "What we take from tokio").
+#[cfg(feature = "python")]
+pub(crate) fn on_inherited_runtime_thread() -> bool {
+    let token = RUNTIME_THREAD.with(Cell::get);
+    token != 0 && token != guard::process_token()
 }
 
 fn build(config: &RuntimeConfig, depth: u32) -> std::io::Result<Runtime> {
@@ -130,7 +142,7 @@ fn build(config: &RuntimeConfig, depth: u32) -> std::io::Result<Runtime> {
             let n = counter.fetch_add(1, Ordering::Relaxed);
             format!("{prefix}-{n}")
         })
-        .on_thread_start(|| RUNTIME_THREAD.with(|flag| flag.set(true)))
+        .on_thread_start(|| RUNTIME_THREAD.with(|token| token.set(guard::process_token())))
         .enable_io()
         .enable_time()
         .build()
@@ -190,8 +202,19 @@ where
     Ok(runtime()?.spawn_blocking(f))
 }
 
+/// Whether the calling thread is still polling a future of an ancestor process: it was forked
+/// on a thread of an ancestor's runtime, or inside an ancestor's `block_on` (and is not inside a
+/// `block_on` of this process's). Whatever tokio task-local that future set is the ancestor's.
+#[cfg(feature = "python")]
+pub(crate) fn polling_an_ancestors_future() -> bool {
+    let outer = IN_BLOCK_ON.with(Cell::get);
+    on_inherited_runtime_thread() || (outer != 0 && outer != guard::process_token())
+}
+
 thread_local! {
-    static IN_BLOCK_ON: Cell<bool> = const { Cell::new(false) };
+    /// The process token of the `block_on` this thread is inside, or 0. A child forked from
+    /// inside `block_on` inherits its parent's token (and tokio's "entered" state with it).
+    static IN_BLOCK_ON: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Drives `fut` to completion on the calling thread, with this process's runtime.
@@ -199,7 +222,14 @@ thread_local! {
 /// # Errors
 ///
 /// [`Error::InsideRuntime`] instead of tokio's panic (or a deadlock) when called from a thread
-/// of a forksafe runtime, or from inside another `block_on`; otherwise as [`runtime`].
+/// of a forksafe runtime (this process's, or a parent's that forked there: that thread still
+/// carries the parent's scheduler, so run the future from another thread), or from inside
+/// another `block_on`; otherwise as [`runtime`].
+///
+/// In a child forked from inside `block_on` (say, Python code that a `block_on` future runs,
+/// forking), the thread's tokio context still says it is inside the parent's runtime. That
+/// `block_on` is the parent's, not this process's: this one steps out of its state with
+/// `tokio::task::block_in_place`, on this thread, and runs the child's own runtime.
 ///
 /// ```
 /// let answer = forksafe::block_on(async {
@@ -235,22 +265,31 @@ thread_local! {
 pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     if on_runtime_thread() {
         return Err(Error::InsideRuntime {
-            why: "the calling thread belongs to a runtime",
+            why: "the calling thread belongs to a runtime (or, forked there, to the parent's)",
         });
     }
-    if IN_BLOCK_ON.with(Cell::get) {
+    let this_process = guard::process_token();
+    let outer = IN_BLOCK_ON.with(Cell::get);
+    if outer == this_process {
         return Err(Error::InsideRuntime {
             why: "the calling thread is already inside block_on",
         });
     }
     let runtime = runtime()?;
-    struct Reset;
+    struct Reset(u64);
     impl Drop for Reset {
         fn drop(&mut self) {
-            IN_BLOCK_ON.with(|flag| flag.set(false));
+            IN_BLOCK_ON.with(|token| token.set(self.0));
         }
     }
-    IN_BLOCK_ON.with(|flag| flag.set(true));
-    let _reset = Reset;
-    Ok(runtime.block_on(fut))
+    IN_BLOCK_ON.with(|token| token.set(this_process));
+    let _reset = Reset(outer);
+    if outer == 0 {
+        return Ok(runtime.block_on(fut));
+    }
+    // Forked inside an ancestor's `block_on` on this thread: tokio would panic ("Cannot start a
+    // runtime from within a runtime"). That runtime was multi-threaded and this thread no worker
+    // of it, so `block_in_place` only marks the thread as outside it for the closure (no core to
+    // hand off, no thread started) and puts the old state back after.
+    Ok(tokio::task::block_in_place(|| runtime.block_on(fut)))
 }

@@ -360,7 +360,7 @@ macro_rules! connectors {
                 })
                 .map_err(|e| HttpError::new(HttpErrorKind::Connect, e))?;
                 // Aborts the task if this future is dropped before the head arrives.
-                let task = AbortOnDrop(task);
+                let task = AbortOnDrop::new(task);
                 let parts = head_rx
                     .await
                     .map_err(|_| HttpError::new(HttpErrorKind::Interrupted, TaskEnded))??;
@@ -381,12 +381,34 @@ macro_rules! connectors {
 
         impl StdError for TaskEnded {}
 
-        /// The request's task, aborted when the response (or the request's future) is dropped.
-        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        /// The request's task, aborted when the response (or the request's future) is dropped,
+        /// by the process that spawned it only.
+        struct AbortOnDrop {
+            task: std::mem::ManuallyDrop<tokio::task::JoinHandle<()>>,
+            process: u64,
+        }
+
+        impl AbortOnDrop {
+            fn new(task: tokio::task::JoinHandle<()>) -> Self {
+                AbortOnDrop {
+                    task: std::mem::ManuallyDrop::new(task),
+                    process: crate::process_token(),
+                }
+            }
+        }
 
         impl Drop for AbortOnDrop {
             fn drop(&mut self) {
-                self.0.abort();
+                // An inherited handle is the parent's task: aborting it (or dropping the handle)
+                // from a child would schedule onto the parent's runtime (its queue lock, held
+                // forever if a parent thread had it at fork; its wake-up fd, shared with the
+                // parent). An inherited object must not act from the child: leak it there.
+                if self.process != crate::process_token() {
+                    return;
+                }
+                self.task.abort();
+                // SAFETY: taken once, here, in the owning process; never used after.
+                drop(unsafe { std::mem::ManuallyDrop::take(&mut self.task) });
             }
         }
 

@@ -22,7 +22,14 @@
 //!   that pushes the first item of a batch attaches to the interpreter for that one call; the
 //!   rest of the batch rides on the same wake-up. Nothing is dropped there but the call's own
 //!   temporaries, attached.
+//!
+//! A closed loop never drains its queue again, and a queued result holds its loop (through its
+//! locals): so nothing but the loop itself holds the callback that drains the queue. When the
+//! loop lets go of it (its selector closes, or `close` clears a scheduled wake-up that never
+//! ran), the completer's `Drop` closes the queue: what it held is dropped there, attached, and
+//! later results are dropped by their own task. The loop is then free to be collected.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use pyo3::exceptions::{PyNotImplementedError, PyOSError};
@@ -85,17 +92,15 @@ impl Done {
     }
 }
 
-/// `(loop.call_soon_threadsafe, the loop's completer)`.
-type Scheduler = (Py<PyAny>, Py<Completer>);
-
 /// How the first result of a batch wakes the loop.
 enum Wake {
     /// The loop watches the pipe's read end with `add_reader`.
     Pipe(Pipe),
-    /// `(loop.call_soon_threadsafe, completer)`, for a loop that cannot watch a pipe. Taken out
-    /// (attached) when the loop is forgotten, so a queue never holds a Python object when its
-    /// last reference goes away on a tokio thread.
-    Soon(Mutex<Option<Scheduler>>),
+    /// A weak reference to a loop that cannot watch a pipe: each batch schedules a one-shot
+    /// completer with `call_soon_threadsafe`. Weak, so the queue never keeps its loop alive;
+    /// taken out (attached) when the queue closes, so a queue never holds a Python object when
+    /// its last reference goes away on a tokio thread.
+    Soon(Mutex<Option<Py<PyWeakrefReference>>>),
 }
 
 /// The half of a completer that tokio tasks hold.
@@ -103,6 +108,10 @@ pub(super) struct Queue {
     /// `None` once the loop is gone: late results are then dropped by their own task, attached.
     done: Mutex<Option<Vec<Done>>>,
     wake: Wake,
+    /// The process that made this queue. A child can drop its parent's completers (the
+    /// parent's loops are in its memory) but must never lock its parent's queue: a tokio thread
+    /// of the parent may have held the lock at the instant of fork.
+    process: u64,
 }
 
 impl Queue {
@@ -110,32 +119,35 @@ impl Queue {
         Queue {
             done: Mutex::new(Some(Vec::new())),
             wake,
+            process: crate::process_token(),
         }
     }
 
-    fn wake(&self) {
+    fn wake(self: &Arc<Self>) {
         match &self.wake {
             Wake::Pipe(pipe) => pipe.wake(),
             Wake::Soon(slot) => Python::attach(|py| {
-                // Clone under the lock, call outside it: the call may release the GIL, and a
+                // Upgrade under the lock, call outside it: the call may release the GIL, and a
                 // thread holding the GIL may be waiting for this lock in `close`.
-                let target = slot
+                let weak = slot
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .as_ref()
-                    .map(|(call, completer)| (call.clone_ref(py), completer.clone_ref(py)));
-                if let Some((call_soon_threadsafe, completer)) = target {
-                    // Fails only once the loop is closed ("Event loop is closed"): its futures
-                    // can never complete, and the batch waits in the queue until the loop is
-                    // forgotten, exactly as unread bytes would wait in a pipe.
-                    let _ = call_soon_threadsafe.call1(py, (completer,));
-                }
+                    .map(|weak| weak.clone_ref(py));
+                let Some(alive) = weak.and_then(|weak| weak.bind(py).upgrade()) else {
+                    return; // closed, or the loop is gone: the result was dropped, attached
+                };
+                // Fails only once the loop is closed ("Event loop is closed"): the one-shot
+                // completer is then dropped here, never run, and its `Drop` closes the queue.
+                let scheduled = Py::new(py, Completer::one_shot(self.clone()))
+                    .and_then(|c| alive.call_method1(intern!(py, "call_soon_threadsafe"), (c,)));
+                drop(scheduled);
             }),
         }
     }
 
     /// Called by the task that finished. Wakes the loop only for the first item of a batch.
-    pub(super) fn push(&self, done: Done) {
+    pub(super) fn push(self: &Arc<Self>, done: Done) {
         let mut queue = self.done.lock().unwrap_or_else(PoisonError::into_inner);
         match queue.as_mut() {
             Some(items) => {
@@ -163,7 +175,7 @@ impl Queue {
     }
 
     /// Forgets the loop: returns what the queue held, to be dropped attached by the caller.
-    fn close(&self) -> (Vec<Done>, Option<Scheduler>) {
+    fn close(&self) -> (Vec<Done>, Option<Py<PyWeakrefReference>>) {
         let done = self
             .done
             .lock()
@@ -178,19 +190,55 @@ impl Queue {
 }
 
 /// One asyncio loop's completer in this process; its `__call__` is the loop's reader callback
-/// (or the callback `call_soon_threadsafe` schedules).
+/// (or the callback `call_soon_threadsafe` schedules, one per batch). Only the loop holds it.
 #[pyclass(frozen)]
 struct Completer {
     queue: Arc<Queue>,
+    /// Scheduled for one batch (`Wake::Soon`), rather than the loop's reader for its life.
+    one_shot: bool,
+    ran: AtomicBool,
+}
+
+impl Completer {
+    fn reader(queue: Arc<Queue>) -> Self {
+        Completer {
+            queue,
+            one_shot: false,
+            ran: AtomicBool::new(false),
+        }
+    }
+
+    fn one_shot(queue: Arc<Queue>) -> Self {
+        Completer {
+            queue,
+            one_shot: true,
+            ran: AtomicBool::new(false),
+        }
+    }
 }
 
 #[pymethods]
 impl Completer {
     /// Drains every finished result onto its asyncio future.
     fn __call__(&self, py: Python<'_>) {
+        self.ran.store(true, Ordering::Relaxed);
         for done in self.queue.take() {
             settle(py, done);
         }
+    }
+}
+
+impl Drop for Completer {
+    /// The loop let go of its reader (it closed, or was collected), or dropped a wake-up before
+    /// running it (it closed with the wake-up scheduled): nobody will drain this queue again.
+    /// Runs attached (the object's deallocation), so the queued objects are released here.
+    fn drop(&mut self) {
+        let spent = self.one_shot && self.ran.load(Ordering::Relaxed);
+        if spent || self.queue.process != crate::process_token() {
+            return; // a batch already drained; or the parent's, inherited: never lock it
+        }
+        let leftovers = self.queue.close();
+        Python::attach(|_py| drop(leftovers));
     }
 }
 
@@ -216,8 +264,9 @@ fn settle(py: Python<'_>, done: Done) {
 /// The completers of this process's loops. A child builds its own and never touches its
 /// parent's.
 struct Completers {
-    /// `(weak loop, its completer)`; a handful of entries at most.
-    completers: Mutex<Vec<(Py<PyWeakrefReference>, Py<Completer>)>>,
+    /// `(weak loop, its completer's queue)`; a handful of entries at most. The completer itself
+    /// is held by its loop only, so that a closed loop's queue closes with it.
+    completers: Mutex<Vec<(Py<PyWeakrefReference>, Arc<Queue>)>>,
 }
 
 static COMPLETERS: ForkLocal<Completers> = ForkLocal::new(|| Completers {
@@ -240,54 +289,43 @@ pub(super) fn queue_for(event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>> {
         // Held only across calls that cannot run Python code (no decref, no method call), so
         // a finaliser can never re-enter here while it is held.
         let mut completers = lock_attached(py, &this_process.completers);
-        for (weak, completer) in completers.iter() {
+        for (weak, queue) in completers.iter() {
             if let Some(alive) = weak.bind(py).upgrade() {
                 let same = alive.is(event_loop);
                 upgraded.push(alive);
                 if same {
-                    found = Some(completer.get().queue.clone());
+                    found = Some(queue.clone());
                     break;
                 }
             }
         }
         if found.is_none() {
             // A loop we have not seen: forget the completers of loops that died.
-            for (weak, completer) in std::mem::take(&mut *completers) {
+            for (weak, queue) in std::mem::take(&mut *completers) {
                 match weak.bind(py).upgrade() {
                     Some(alive) => {
                         upgraded.push(alive);
-                        completers.push((weak, completer));
+                        completers.push((weak, queue));
                     }
-                    None => dead.push((weak, completer)),
+                    None => dead.push((weak, queue)),
                 }
             }
         }
     }
     // Attached, outside the lock: these may run Python.
-    let abandoned: Vec<_> = dead
-        .iter()
-        .map(|(_, completer)| completer.get().queue.close())
-        .collect();
+    let abandoned: Vec<_> = dead.iter().map(|(_, queue)| queue.close()).collect();
     drop((abandoned, dead, upgraded));
     if let Some(queue) = found {
         return Ok(queue);
     }
     // Only the thread running this loop calls here for it, so registering after add_reader
     // cannot race.
-    let (queue, completer) = match watched_queue(event_loop)? {
-        Some(watched) => watched,
-        None => {
-            let (queue, completer) = completer(py, Wake::Soon(Mutex::new(None)))?;
-            if let Wake::Soon(slot) = &queue.wake {
-                let call = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?;
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((call.unbind(), completer.clone_ref(py)));
-            }
-            (queue, completer)
-        }
-    };
     let weak = PyWeakrefReference::new(event_loop)?.unbind();
-    lock_attached(py, &this_process.completers).push((weak, completer));
+    let queue = match watched_queue(event_loop)? {
+        Some(watched) => watched,
+        None => Arc::new(Queue::new(Wake::Soon(Mutex::new(Some(weak.clone_ref(py)))))),
+    };
+    lock_attached(py, &this_process.completers).push((weak, queue.clone()));
     Ok(queue)
 }
 
@@ -308,29 +346,19 @@ fn lock_attached<'a, T: Send>(py: Python<'_>, mutex: &'a Mutex<T>) -> MutexGuard
     }
 }
 
-/// A fresh queue woken by `wake`, and the completer that drains it.
-fn completer(py: Python<'_>, wake: Wake) -> PyResult<(Arc<Queue>, Py<Completer>)> {
-    let queue = Arc::new(Queue::new(wake));
-    let completer = Py::new(
-        py,
-        Completer {
-            queue: queue.clone(),
-        },
-    )?;
-    Ok((queue, completer))
-}
-
 /// A queue woken through a pipe the loop watches, or `None` where the loop cannot watch one
-/// (no pipes on this platform, or `add_reader` raises `NotImplementedError`).
-fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<(Arc<Queue>, Py<Completer>)>> {
+/// (no pipes on this platform, or `add_reader` raises `NotImplementedError`). The loop holds
+/// the only reference to the queue's completer.
+fn watched_queue(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Arc<Queue>>> {
     let py = event_loop.py();
     let Some(pipe) = Pipe::new().map_err(|e| PyOSError::new_err(e.to_string()))? else {
         return Ok(None);
     };
     let reader = pipe.reader();
-    let (queue, completer) = completer(py, Wake::Pipe(pipe))?;
-    match event_loop.call_method1(intern!(py, "add_reader"), (reader, completer.clone_ref(py))) {
-        Ok(_) => Ok(Some((queue, completer))),
+    let queue = Arc::new(Queue::new(Wake::Pipe(pipe)));
+    let completer = Py::new(py, Completer::reader(queue.clone()))?;
+    match event_loop.call_method1(intern!(py, "add_reader"), (reader, completer)) {
+        Ok(_) => Ok(Some(queue)),
         Err(err) if err.is_instance_of::<PyNotImplementedError>(py) => Ok(None),
         Err(err) => Err(err),
     }

@@ -70,6 +70,12 @@ impl ContextExt for ForksafeRuntime {
     }
 
     fn get_task_locals() -> Option<TaskLocals> {
+        if crate::runtime::polling_an_ancestors_future() {
+            // A tokio task-local is a thread-local while its task is polled: forked from inside
+            // a bridged task (or a scope in `block_on`), the child's thread still sees the
+            // parent's locals, whose loop is the parent's. They are not this process's.
+            return None;
+        }
         TASK_LOCALS
             .try_with(|cell| cell.get().cloned())
             .unwrap_or_default()

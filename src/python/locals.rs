@@ -1,8 +1,9 @@
 //! Which loop and `contextvars` context a bridged task belongs to ([`TaskLocals`]).
 //!
 //! Inside a bridged task they are the task's own, in a tokio task-local (`generic::TASK_LOCALS`),
-//! which belongs to the task that set it: nothing here reads a thread-local a forking thread could
-//! carry into a child (invariant 7). Outside one they are the calling thread's running loop and
+//! which belongs to the task that set it. A task-local is a thread-local while its task is polled,
+//! so a thread forked from inside a task would carry the parent's into the child: it is ignored
+//! there (`runtime::polling_an_ancestors_future`, invariant 7). Outside one they are the calling thread's running loop and
 //! a copy of its current context, through `asyncio.get_running_loop` and
 //! `contextvars.copy_context`, cached per process ([`Callables`]).
 

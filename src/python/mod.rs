@@ -571,7 +571,9 @@ pub fn into_stream_v2(gen: Bound<'_, PyAny>) -> PyResult<impl Stream<Item = Py<P
 /// # Errors
 ///
 /// What the future returns; `RuntimeError` if called on a runtime thread or inside another
-/// `block_on` ([`Error::InsideRuntime`]); `OSError` if the runtime cannot be built.
+/// `block_on` ([`Error::InsideRuntime`]); `OSError` if the runtime cannot be built (or, in a
+/// child forked on a runtime thread of its parent, where the future runs on a fresh thread of
+/// the child, joined before this returns, if that thread cannot start).
 ///
 /// ```
 /// use pyo3::prelude::*;
@@ -586,6 +588,23 @@ where
     F: Future<Output = PyResult<T>> + Send,
     T: Send,
 {
+    if crate::runtime::on_inherited_runtime_thread() {
+        // Forked from a tokio worker of the parent (Python called from a bridged task forked):
+        // this thread still carries the parent's scheduler, so the future runs on a fresh
+        // thread of the child, joined before this returns (docs/design.md, "What we take from
+        // tokio").
+        return py.detach(|| {
+            std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name("forksafe-block-on".into())
+                    .spawn_scoped(scope, || crate::block_on(fut))
+                    .map_err(|e| PyOSError::new_err(format!("cannot start a thread: {e}")))?
+                    .join()
+                    .map_err(|_| PyRuntimeError::new_err("block_on's thread panicked"))?
+                    .map_err(to_py_err)?
+            })
+        });
+    }
     py.detach(|| crate::block_on(fut)).map_err(to_py_err)?
 }
 

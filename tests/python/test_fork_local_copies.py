@@ -60,14 +60,14 @@ def _child(copies: list[forksafe.ForkLocal[object]]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("method", forkutil.METHODS)
-def test_after_a_fork_every_copy_sees_the_childs_one_value(method: str) -> None:
+@pytest.mark.parametrize("path", forkutil.PATHS)
+def test_after_a_fork_every_copy_sees_the_childs_one_value(path: str) -> None:
     del BUILDS[:]
     original = forksafe.fork_local(_make)
     copies = [original, copy.copy(original), copy.deepcopy(original)]
     parent_ids = _race(copies)
     assert len(set(parent_ids)) == 1
-    report = forkutil.run_child(_child, copies, method=method)
+    report = forkutil.run_child(_child, copies, path=path)
     assert report["built_before"] is False, report
     assert len(set(report["seen"])) == 1, report
     assert report["builds_here"] == [report["pid"]], "one build for every copy"

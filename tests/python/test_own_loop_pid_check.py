@@ -66,10 +66,10 @@ def _child() -> dict[str, Any]:
     return {"echoed": echoed, "again": again, "pid": pid, "me": os.getpid()}
 
 
-@pytest.mark.parametrize("method", forkutil.METHODS)
-def test_a_pid_check_in_your_own_loops_run_is_enough(method: str) -> None:
+@pytest.mark.parametrize("path", forkutil.PATHS)
+def test_a_pid_check_in_your_own_loops_run_is_enough(path: str) -> None:
     assert LOOP.run(_work(1)) == (1, os.getpid())
-    report = forkutil.run_child(_child, method=method)
+    report = forkutil.run_child(_child, path=path)
     assert report["echoed"] == 7 and report["again"] == 8, report
     assert report["pid"] == report["me"] != os.getpid(), report
     # The parent's loop is untouched.

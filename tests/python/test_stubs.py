@@ -11,7 +11,7 @@ import forksafe.testing
 PACKAGE = Path(__file__).resolve().parents[2] / "python" / "forksafe"
 
 # Native functions compiled only into test builds, deliberately absent from the stubs.
-TEST_ONLY = {"control_echo", "panic"}
+TEST_ONLY = {"call_in_block_on", "call_on_worker", "control_echo", "panic"}
 
 
 def _stub_names(body: list[ast.stmt]) -> tuple[set[str], dict[str, set[str]]]:

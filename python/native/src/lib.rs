@@ -153,6 +153,25 @@ mod testing {
         })
     }
 
+    /// Test-only: calls `f()` from inside a `block_on` future on the calling thread (so Python
+    /// code that forks there forks inside tokio's runtime context), returning what it returns.
+    #[cfg(feature = "control-probe")]
+    #[pyfunction]
+    pub fn call_in_block_on(py: Python<'_>, f: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        block_on(py, async move { Python::attach(|py| f.call0(py)) })
+    }
+
+    /// Test-only: an awaitable that calls `f()` on a tokio worker thread of this process's
+    /// runtime (so Python code that forks there forks on a worker), returning what it returns.
+    #[cfg(feature = "control-probe")]
+    #[pyfunction]
+    pub fn call_on_worker(py: Python<'_>, f: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+        future_into_py(py, async move {
+            tokio::task::yield_now().await;
+            Python::attach(|py| f.call0(py))
+        })
+    }
+
     /// Test-only control: `echo` through plain `pyo3_async_runtimes::tokio`, which has no PID
     /// guard. Its awaits hang in a forked child; the fork suite uses it to prove it can fail.
     #[cfg(feature = "control-probe")]
@@ -189,6 +208,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     probes.add_function(wrap_pyfunction!(testing::control_echo, &probes)?)?;
     #[cfg(feature = "control-probe")]
     probes.add_function(wrap_pyfunction!(testing::panic, &probes)?)?;
+    #[cfg(feature = "control-probe")]
+    probes.add_function(wrap_pyfunction!(testing::call_in_block_on, &probes)?)?;
+    #[cfg(feature = "control-probe")]
+    probes.add_function(wrap_pyfunction!(testing::call_on_worker, &probes)?)?;
     m.add_submodule(&probes)?;
     Ok(())
 }
