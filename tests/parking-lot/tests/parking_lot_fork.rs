@@ -24,7 +24,7 @@ mod support {
 }
 mod common {
     pub use crate::support::fork::{fork_process, ForkMethod};
-    pub use crate::support::hang::wait_with_deadline;
+    pub use crate::support::hang::{describe_hung_tree, kill_tree, wait_blocking, wait_with_deadline};
     pub use crate::support::quiesce::wait_until_quiescent;
     pub use crate::support::sys::getpid;
     pub use crate::support::wire::describe_status;
