@@ -42,6 +42,9 @@ BUDGET = 20.0
 """Default seconds ``check`` may spend raising the count on ok paths when a failure is racy."""
 
 ENOUGH = 30
+BOOST_CONCURRENCY = 8
+"""Children at once while the count is raised: enough to be quick, few enough that a loaded
+machine does not make slow children look stuck."""
 """Children a path is raised to at most: 0 failures in 30 bounds the failure rate below 1 in
 10 with 95% confidence (the rule of three, 3/n)."""
 
@@ -140,13 +143,14 @@ def _round(
     args: argparse.Namespace,
     outcomes: dict[str, list[Outcome]],
     deadline: float,
+    concurrency: int | None = None,
 ) -> None:
     """Runs ``jobs`` (all at once, or one at a time with --isolate); adds their outcomes."""
     progress = Progress(len(jobs), sys.stderr.isatty() and not args.json)
     for outcome in run_forks(
         work,
         jobs,
-        concurrency=1 if args.isolate else len(jobs),
+        concurrency=1 if args.isolate else (concurrency or len(jobs)),
         depth=args.depth,
         deadline=deadline,
         on_tick=progress.tick,
@@ -179,10 +183,13 @@ def _boost(
     outcomes: dict[str, list[Outcome]],
     paths: list[str],
 ) -> dict[str, Any]:
-    """Raises the count on the ok fork paths, doubling it each round, within --budget: each
-    round gets at most half of what is left as its deadline (a result, then the exit)."""
+    """Raises the count on the ok fork paths, doubling it each round up to :data:`ENOUGH`, with
+    the full deadline and at most :data:`BOOST_CONCURRENCY` children at once. A round starts
+    only if the time left in --budget covers what the last round took, scaled to its size
+    (so a check costs at most the budget, plus a deadline if a raised child hangs)."""
     started = time.monotonic()
     added: dict[str, int] = {}
+    per_child = 0.0
     while True:
         left = args.budget - (time.monotonic() - started)
         more = {
@@ -191,11 +198,13 @@ def _boost(
             if not PATHS[name].fresh and all(o.status == "ok" for o in outcomes[name])
         }
         more = {name: n for name, n in more.items() if n > 0}
-        deadline = min(args.deadline, left / 2)
-        if not more or deadline < 1.0:
-            break
         jobs = [name for name, n in more.items() for _ in range(n)]
-        _round(work, jobs, args, outcomes, deadline)
+        if not jobs or per_child * len(jobs) / BOOST_CONCURRENCY > left or left <= 0:
+            break
+        began = time.monotonic()
+        run_args = argparse.Namespace(**{**vars(args), "isolate": False})
+        _round(work, jobs, run_args, outcomes, args.deadline, BOOST_CONCURRENCY)
+        per_child = max(per_child, (time.monotonic() - began) * BOOST_CONCURRENCY / len(jobs))
         for name, n in more.items():
             added[name] = added.get(name, 0) + n
     return {"added": added, "seconds": round(time.monotonic() - started, 2)}

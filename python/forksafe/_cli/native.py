@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKTRACE_SECONDS = 15.0
+BACKTRACE_SECONDS = 8.0
 """The longest a debugger may take for one process's backtrace."""
 
 
@@ -264,6 +264,12 @@ def collect(pid: int, with_backtrace: bool = True, why: str = "") -> Evidence:
     evidence.hazards = recognise(evidence.backtrace)
     evidence.stuck = stuck_frame(evidence.backtrace, maps)
     return evidence
+
+
+def state(pid: int) -> str:
+    """A process's state letter (``R`` running, ``S`` sleeping, ``Z``...), "" if gone."""
+    fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    return fields[0] if fields else ""
 
 
 def catches(pid: int, signum: int) -> bool | None:

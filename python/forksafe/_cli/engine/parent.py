@@ -42,8 +42,8 @@ _OUTPUT_LINES = 200  # lines of a child's own output kept for the report
 # Read ends the parent holds: a forked child closes the ones that are not its own.
 _parent_fds: set[int] = set()
 
-NATIVE_BACKTRACES = 4
-"""Debugger backtraces taken at one deadline at most (each costs about a second)."""
+NATIVE_BACKTRACES = 2
+"""Debugger backtraces taken at one deadline at most (each costs a second or more)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,6 +467,7 @@ def _expire(
     launches = [launch for launch, _ in overdue]
     stale = [launch.path.stale and proc.generation == 1 for launch, proc in overdue]
     unanswered: list[str] = []
+    states = [native.state(proc.pid) for _, proc in overdue]  # before any signal wakes it
     for (launch, proc), ghosts in zip(overdue, stale):
         proc.threads = thread_names(proc.pid)
         # Armed before the signal: whatever comes from now on is the dump.
@@ -504,6 +505,7 @@ def _expire(
         _native(overdue, stacks, unanswered)
     outcomes = []
     for (launch, proc), stack, silent in zip(overdue, stacks, unanswered):
+        running_state = states.pop(0) == "R"
         if proc.phase == "exiting":
             proc.status = "hangs_at_exit"
             proc.detail = f"did not exit within {deadline:g} s after its result"
@@ -525,6 +527,11 @@ def _expire(
                 f"no result within {deadline:g} s"
                 if proc.payload is None
                 else f"stuck for {deadline:g} s after its result, before exiting"
+            )
+        if running_state:
+            proc.detail += (
+                "; it was running (state R), not blocked: perhaps slow rather than stuck (a "
+                "longer --deadline tells)"
             )
         code = launch.handle.exited()
         if code is not None and -code in (events.DUMP_SIGNAL, events.DUMP_MAIN_SIGNAL):
