@@ -57,6 +57,10 @@ def _fail_fast(failing: list[dict[str, Any]], outcomes: dict[str, list[Outcome]]
     return first
 
 
+def _exit_hangs(outcomes: list[Outcome]) -> bool:
+    return all(o.status in ("ok", "hangs_at_exit") for o in outcomes)
+
+
 def name(
     rows: list[dict[str, Any]], outcomes: dict[str, list[Outcome]], forksafe: bool | None = None
 ) -> list[str]:
@@ -81,6 +85,10 @@ def name(
     if not failing:
         return lines
     ok = [row for row in forks if not _failing(row)]
+    if all(_exit_hangs(outcomes[row["path"]]) for row in failing):
+        # multiprocessing's children leave through os._exit: their exit proves nothing here.
+        ok = [row for row in ok if PATHS[row["path"]].context is None]
+        forks = [row for row in forks if row in failing or row in ok]
     no_python_hooks = [row for row in forks if not PATHS[row["path"]].python_hooks]
     no_c_hooks = [row for row in forks if not PATHS[row["path"]].c_hooks]
     error = _fail_fast(failing, outcomes)

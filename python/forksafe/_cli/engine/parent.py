@@ -506,6 +506,11 @@ def _expire(
     outcomes = []
     for (launch, proc), stack, silent in zip(overdue, stacks, unanswered):
         running_state = states.pop(0) == "R"
+        code = launch.handle.exited()
+        if code is not None and -code not in (events.DUMP_SIGNAL, events.DUMP_MAIN_SIGNAL):
+            outcomes.append(launch.finish(killed=False))  # it ended meanwhile: slow, not stuck
+            running.remove(launch)
+            continue
         if proc.phase == "exiting":
             proc.status = "hangs_at_exit"
             proc.detail = f"did not exit within {deadline:g} s after its result"
@@ -533,8 +538,7 @@ def _expire(
                 "; it was running (state R), not blocked: perhaps slow rather than stuck (a "
                 "longer --deadline tells)"
             )
-        code = launch.handle.exited()
-        if code is not None and -code in (events.DUMP_SIGNAL, events.DUMP_MAIN_SIGNAL):
+        if code is not None:  # the dump signal ended it
             silent = (
                 f"(the stack-dump signal {signal.Signals(-code).name} ended the process: its "
                 "handler was gone by the time it arrived, so Python had finalised)"
