@@ -357,3 +357,44 @@ def test_a_parent_that_hangs_after_its_children_is_reported_with_its_stacks() ->
     assert after["status"] == "hung", after
     assert 'File "<CODE>", line 2 in <module>' in after["stack"], after
     assert after["threads"], after
+
+
+def test_a_clear_error_in_the_children_is_named_fail_fast() -> None:
+    setup = "import os\nPARENT = os.getpid()"
+    code = (
+        "if os.getpid() != PARENT:\n"
+        "    raise RuntimeError('Forked process detected: build the client after the fork')\n"
+        "1"
+    )
+    run = check("--json", "--count", "1", "--paths", "os_fork,c_fork", "--setup", setup, code)
+    assert run.code == 1, run
+    (finding,) = run.json()["mechanism"]
+    assert finding.startswith("Fail-fast: the children raise a clear error"), finding
+    assert "Forked process detected" in finding, finding
+
+
+def test_code_on_forksafe_is_said_to_be() -> None:
+    setup = "import forksafe\nfrom forksafe import testing"
+    code = "async def probe():\n    return await testing.echo(1)\nforksafe.run(probe())"
+    run = check("--json", "--count", "1", "--paths", "os_fork,c_fork", "--setup", setup, code)
+    assert run.code == 0, run
+    (finding,) = run.json()["mechanism"]
+    assert finding.startswith("CODE runs on forksafe"), finding
+
+
+@pytest.mark.parametrize(
+    ("frames", "hazard"),
+    [
+        ("#3 parking_lot_core::parking_lot::park\n#4 tokio::runtime::park",
+         "parking_lot's parking table"),
+        ("#2 __lll_lock_wait_private\n#3 _int_malloc\n#4 __libc_malloc",
+         "glibc's malloc arena lock"),
+        ("#4 pthread_join\n#5 pool_shutdown\n#6 __run_exit_handlers\n#7 exit",
+         "a thread pool's join inside C exit()"),
+    ],
+)  # fmt: skip
+def test_the_known_native_hazards_are_one_row_each(frames: str, hazard: str) -> None:
+    from forksafe._cli import native
+
+    assert [h.name for h in native.recognise(frames)] == [hazard]
+    assert native.recognise("#0 epoll_wait\n#1 main") == []
