@@ -507,8 +507,8 @@ def _expire(
     for (launch, proc), stack, silent in zip(overdue, stacks, unanswered):
         running_state = states.pop(0) == "R"
         code = launch.handle.exited()
-        if code is not None and -code not in (events.DUMP_SIGNAL, events.DUMP_MAIN_SIGNAL):
-            outcomes.append(launch.finish(killed=False))  # it ended meanwhile: slow, not stuck
+        if code is not None and code >= 0:  # it exited meanwhile: slow, not stuck
+            outcomes.append(launch.finish(killed=False))
             running.remove(launch)
             continue
         if proc.phase == "exiting":
@@ -538,7 +538,7 @@ def _expire(
                 "; it was running (state R), not blocked: perhaps slow rather than stuck (a "
                 "longer --deadline tells)"
             )
-        if code is not None:  # the dump signal ended it
+        if code is not None and -code in (events.DUMP_SIGNAL, events.DUMP_MAIN_SIGNAL):
             silent = (
                 f"(the stack-dump signal {signal.Signals(-code).name} ended the process: its "
                 "handler was gone by the time it arrived, so Python had finalised)"
