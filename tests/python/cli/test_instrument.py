@@ -51,6 +51,31 @@ def test_a_hazard_in_some_children_makes_ok_rows_weak_evidence_and_raises_their_
     assert " of 4 " in text.stdout or " of 4\n" in text.stdout or "of 4" in text.stdout, text
 
 
+KEEP_ALIVE_SETUP = """
+import os, socket, threading, time
+server = socket.create_server(("127.0.0.1", 0))
+
+def serve():
+    conn = server.accept()[0]
+    while data := conn.recv(8):
+        time.sleep(0.2)  # a slow backend: concurrent requests on the connection interleave
+        conn.sendall(data)
+
+threading.Thread(target=serve, daemon=True).start()
+client = socket.create_connection(server.getsockname())  # one keep-alive connection
+"""
+KEEP_ALIVE_CODE = "client.sendall(b'%8d' % os.getpid()); int(client.recv(8)) == os.getpid()"
+
+
+def test_isolate_keeps_children_from_taking_each_others_replies() -> None:
+    # All at once, children may read each other's replies (by hand: 2 of 4 wrong); one at a
+    # time, each child gets its own.
+    run = check("--json", "--isolate", "--count", "4", "--paths", "os_fork", "--setup",
+                KEEP_ALIVE_SETUP, KEEP_ALIVE_CODE)  # fmt: skip
+    assert run.code == 0, run
+    assert by_path(run.json())["os_fork"]["ok"] == 4, run
+
+
 def test_repeat_runs_the_whole_check_again_and_isolate_runs_one_child_at_a_time() -> None:
     run = check("--json", "--count", "2", "--repeat", "2", "--isolate", "--paths",
                 "os_fork,spawn", "1 + 1")  # fmt: skip
