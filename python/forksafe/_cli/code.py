@@ -200,6 +200,14 @@ class CodeWork(Work):
         self.expected_digest, self.expected_repr = _digest(text), shorten(text)
         return text
 
+    def same(self, value: object) -> str | None:
+        """None if ``value`` is what the parent got first (or values are not compared); else
+        its repr."""
+        text = _repr(value)
+        if not self.compare or _digest(text) == self.expected_digest:
+            return None
+        return shorten(text)
+
     # -- in the children ----------------------------------------------------------------------
 
     def prepare_fresh(self) -> None:

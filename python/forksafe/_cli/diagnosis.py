@@ -12,13 +12,15 @@ import textwrap
 import threading
 from typing import Any
 
+from . import printed
 from .engine import KINDS, PATHS, Outcome, thread_names
 
 MEANING = {
     "hung": "CODE never returned in the child. It waits for something only a parent thread "
     "could do: a pool's worker, an event loop's thread, a runtime's workers, or a lock some "
     "thread held at the instant of fork. fork() copies memory, not threads.",
-    "hangs_at_exit": "CODE worked, but the child could not exit: an exit hook (an atexit "
+    "hangs_at_exit": "CODE returned (or raised, when the detail says so), but the child could "
+    "not exit: an exit hook (an atexit "
     "handler, threading's shutdown, a finaliser) waits for a thread that only the parent has.",
     "crashed": "The child died (a signal, or an abnormal exit): native state inherited from the "
     "parent (a lock taken mid-operation, an allocator arena, a pointer into a dead thread's "
@@ -165,6 +167,21 @@ def _free_threaded_note(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _native_lines(evidence: dict[str, Any]) -> list[str]:
+    lines = ["native threads (/proc/PID/task):"]
+    lines += [f"  {line}" for line in evidence.get("threads", [])]
+    if evidence.get("stuck"):
+        lines.append(f"stuck in: {evidence['stuck']}")
+    for hazard in evidence.get("hazards", []):
+        lines += _wrap(f"known native hazard: {hazard['name']}. {hazard['fix']}", "", "  ")
+    if evidence.get("backtrace"):
+        lines.append(f"native backtrace ({evidence['tool']}):")
+        lines += [f"  {line}" for line in str(evidence["backtrace"]).splitlines()[:60]]
+    else:
+        lines.append(f"no native backtrace: {evidence.get('tool')}")
+    return lines
+
+
 def diagnose(
     rows: list[dict[str, Any]],
     outcomes: dict[str, list[Outcome]],
@@ -212,11 +229,18 @@ def diagnose(
                 explained.add("rebuilt")
                 families = ", ".join(f"{prefix}-N" for prefix in rebuilt)
                 lines += _wrap(REBUILT_RUNTIME.format(threads=families), "  ")
-        lines.append(f"  first failure, pid {culprit.pid}: {culprit.detail.rstrip()}"[:4000])
+        first, *more = (culprit.detail.rstrip()[:4000] or "?").splitlines()
+        lines.append(f"  first failure, pid {culprit.pid}: {first}")
+        lines += [_indent(line, "      ") for line in more]  # a traceback, in its block
+        for panic in printed.panics(failed.output):
+            lines.append(f"    Rust panic: {panic}")
         if culprit.threads:
             lines.append(f"    native threads: {_threads(culprit.threads)}")
-        if culprit.exit_info:
+        if culprit.exit_info and culprit.status == "hangs_at_exit":
             lines += [f"    {line}" for line in _exit_lines(culprit.exit_info)]
+        evidence = culprit.native
+        if evidence:
+            lines += [f"    {line}" for line in _native_lines(evidence)]
         if not culprit.stack:
             continue
         hang = culprit.status in ("hung", "hangs_at_exit")

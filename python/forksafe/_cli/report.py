@@ -36,6 +36,7 @@ def summarise(path: str, outcomes: list[Outcome]) -> dict[str, Any]:
         "path": path,
         "forks": sum(o.forks for o in outcomes),
         **counts,
+        "failed": sum(o.status != "ok" for o in outcomes),
         "children": len(outcomes),
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
@@ -61,10 +62,16 @@ _COLUMNS = {
         Column("hung", "hung", 5),
         Column("crashed", "crashed", 8),
         Column("hangs-at-exit", "hangs_at_exit", 14),
+        Column("failed", "failed_of", 12),
         Column("p50 ms", "p50_ms", 9),
         Column("p99 ms", "p99_ms", 9),
     )
 }
+
+
+def rate(row: dict[str, Any]) -> str:
+    """A row's launches that failed: ``k of n`` (a chain is one launch)."""
+    return f"{row['failed']} of {row['children']}"
 
 
 def columns(*keys: str) -> tuple[Column, ...]:
@@ -91,6 +98,7 @@ def render(rows: list[dict[str, Any]], columns: Sequence[Column]) -> str:
 
     header = line([c.header for c in columns])
     lines = [header, "-" * len(header)]
+    rows = [{**row, "failed_of": rate(row)} if "failed" in row else row for row in rows]
     lines += [line([_cell(row[c.key]) for c in columns]) for row in rows]
     return "\n".join(lines)
 

@@ -83,10 +83,12 @@ def test_human_output_of_a_passing_stack(tmp_path: Path) -> None:
     assert run.code == 0, run
     assert "parent: CODE returned ('k', 'k', True, 7)" in run.stdout, run
     header = run.stdout.splitlines()[1].split()
-    assert header == ["path", "ok", "wrong", "hung", "crashed", "hangs-at-exit", "p50", "ms"]
+    assert header == ["path", "ok", "wrong", "hung", "crashed", "hangs-at-exit", "failed", "p50",
+                      "ms"]  # fmt: skip
     for path in ALL_PATHS:
         row = next(line.split() for line in run.stdout.splitlines() if line.startswith(path))
         assert row[2:6] == ["0", "0", "0", "0"], (path, run)
+        assert row[6:9] == ["0", "of", "1"], (path, run)  # launches that failed, of all
     assert "every path ok" in run.stdout, run
 
 

@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import faulthandler
 import multiprocessing.connection
+import multiprocessing.process
 import os
 import sys
 import threading
@@ -42,6 +43,66 @@ class Work:
     def exit_info(self, multiprocessing_exit: bool) -> dict[str, Any]:
         """In a child about to exit: what its exit will run (JSON-able), for a hang report."""
         return {}
+
+
+# --------------------------------------------------------------------------------------------
+# What the engine itself started in the parent, which a plain fork of the user's program would
+# not inherit: the multiprocessing children of earlier launches, and the forkserver and resource
+# tracker the fresh paths started (recorded by the parent, forgotten by each child).
+# --------------------------------------------------------------------------------------------
+
+_engine_processes: list[Any] = []
+_engine_helpers: set[str] = set()
+
+
+def helpers_running() -> set[str]:
+    """Which of multiprocessing's helper processes are running (before a launch starts)."""
+    from multiprocessing import forkserver, resource_tracker
+
+    running = set()
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
+        running.add("forkserver_helper")
+    if getattr(resource_tracker._resource_tracker, "_pid", None) is not None:
+        running.add("resource_tracker")
+    return running
+
+
+def claim(process: Any, before: set[str]) -> None:
+    """In the parent: records a multiprocessing child the engine started, and the helpers its
+    start started (they are the engine's, not the user's)."""
+    _engine_processes.append(process)
+    _engine_helpers.update(helpers_running() - before)
+
+
+def _forget_engine_state() -> None:
+    """In a child: drops the engine's multiprocessing children (multiprocessing's exit would try
+    to join them: "can only join a child process") and closes the engine's helpers' pipes."""
+    children = getattr(multiprocessing.process, "_children", None)
+    if isinstance(children, set):
+        for process in _engine_processes:
+            children.discard(process)
+    _engine_processes.clear()
+    if not _engine_helpers:
+        return
+    from multiprocessing import forkserver, resource_tracker
+
+    helpers = {
+        "forkserver_helper": (forkserver._forkserver, "_forkserver_alive_fd",
+                       ("_forkserver_address", "_forkserver_pid")),
+        "resource_tracker": (resource_tracker._resource_tracker, "_fd", ("_pid",)),
+    }  # fmt: skip
+    for name in _engine_helpers:
+        helper, fd_name, others = helpers[name]
+        fd = getattr(helper, fd_name, None)
+        if isinstance(fd, int):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for attribute in (fd_name, *others):
+            if hasattr(helper, attribute):
+                setattr(helper, attribute, None)
+    _engine_helpers.clear()
 
 
 def forked(
@@ -83,6 +144,7 @@ def _enter(fd: int, close: Iterable[int], generation: int, stale: bool) -> None:
             os.setpgid(0, 0)
         except OSError:
             pass  # the parent may have done it already
+        _forget_engine_state()
     for other in close:
         if other != fd:
             try:

@@ -33,6 +33,7 @@ class ProcessReport:
     exit_steps: list[str] = field(default_factory=list)
     threads: list[str] = field(default_factory=list)
     stack: str = ""
+    native: dict[str, Any] | None = None  # native evidence (native.Evidence.as_dict)
     phase: str = "run"  # run, after-result, waiting (for its child), exiting, gone
     since: float = field(default_factory=time.monotonic)
 
@@ -42,7 +43,7 @@ class ProcessReport:
         report: dict[str, Any] = {k: getattr(self, k) for k in keep}
         if self.payload is not None:
             report["result"] = {k: v for k, v in self.payload.items() if k not in ("ev", "ns")}
-        for name in ("exit_info", "exit_steps", "threads", "stack"):
+        for name in ("exit_info", "exit_steps", "threads", "stack", "native"):
             if getattr(self, name):
                 report[name] = getattr(self, name)
         return report

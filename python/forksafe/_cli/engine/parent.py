@@ -16,6 +16,7 @@ launch ends.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -27,7 +28,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Union
 
-from . import events
+from .. import native
+from . import child, events
 from .child import Work, forked, multiprocessing_target
 from .outcome import Outcome, ProcessReport, crash_report, judge
 from .paths import PATHS, ForkPath
@@ -39,6 +41,9 @@ _OUTPUT_LINES = 200  # lines of a child's own output kept for the report
 
 # Read ends the parent holds: a forked child closes the ones that are not its own.
 _parent_fds: set[int] = set()
+
+NATIVE_BACKTRACES = 2
+"""Debugger backtraces taken at one deadline at most (each costs a second or more)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +135,23 @@ class _MpChild:
 _Handle = Union[_PidChild, _MpChild]
 
 
+@contextlib.contextmanager
+def _stdio_into(fd: int) -> Iterator[None]:
+    """Points this process's fds 1 and 2 at ``fd`` while a child is forked: whatever a fork
+    handler prints (in the parent, or in the child before its own code runs) goes with the
+    launch, attributed to it, instead of onto the tool's own stderr."""
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for kept in saved:
+            os.close(kept)
+
+
 def _start(path: ForkPath, work: Work, value: int, depth: int) -> tuple[_Handle, int]:
     """Starts one launch; returns its handle and the read end of its pipe."""
     sys.stdout.flush()  # a child must not flush the parent's buffered output a second time
@@ -143,20 +165,27 @@ def _start(path: ForkPath, work: Work, value: int, depth: int) -> tuple[_Handle,
             args=(writer, work, value, path.fresh, inherited),
             name=f"forksafe-{path.name}",
         )
+        # A fresh path's start may start the forkserver or the resource tracker, which
+        # would keep the launch's pipe as their stdio: only forks are redirected.
+        redirect = contextlib.nullcontext() if path.fresh else _stdio_into(writer.fileno())
+        helpers = child.helpers_running()
         try:
-            process.start()
+            with redirect:
+                process.start()
         except BaseException:
             reader.close()
             raise
         finally:
             writer.close()
+        child.claim(process, helpers)
         mp_child = _MpChild(process, reader, path.own_child)
         _claim_group(mp_child.pid)
         return mp_child, reader.fileno()
     read_fd, write_fd = os.pipe()
     try:
         close = (read_fd, *inherited)
-        pid = path.fork(lambda: forked(path, write_fd, close, work, value, depth))
+        with _stdio_into(write_fd):
+            pid = path.fork(lambda: forked(path, write_fd, close, work, value, depth))
     finally:
         os.close(write_fd)
     _claim_group(pid)
@@ -391,8 +420,44 @@ def _collect(launches: list[_Launch]) -> list[str]:
     return dumps
 
 
+def _native(
+    overdue: list[tuple[_Launch, ProcessReport]], stacks: list[str], unanswered: list[str]
+) -> None:
+    """Native evidence for each overdue process; a debugger's backtrace for the first of each
+    path whose Python stack says nothing (no answer, or no Python frame in the stuck thread)."""
+    seen: set[str] = set()
+    taken = 0
+    for (launch, proc), stack, silent in zip(overdue, stacks, unanswered):
+        quiet = bool(silent) or not stack.strip() or _no_python_frame(stack)
+        wanted = quiet and launch.path.name not in seen and taken < NATIVE_BACKTRACES
+        if wanted:
+            seen.add(launch.path.name)
+            taken += 1
+        if quiet or proc.phase == "exiting":
+            why = (
+                ""
+                if wanted
+                else "not taken: "
+                + (
+                    "one per path (see this path's first failure)"
+                    if quiet
+                    else "Python's stack answered (below)"
+                )
+            )
+            proc.native = native.collect(proc.pid, with_backtrace=wanted, why=why).as_dict()
+
+
+def _no_python_frame(stack: str) -> bool:
+    """Whether faulthandler's dump shows the stuck (current) thread with no Python frame."""
+    current = stack.partition("Current thread")[2]
+    return "<no Python frame>" in current.split("\n\n")[0][:400]
+
+
 def _expire(
-    overdue: list[tuple[_Launch, ProcessReport]], deadline: float, running: list[_Launch]
+    overdue: list[tuple[_Launch, ProcessReport]],
+    deadline: float,
+    running: list[_Launch],
+    with_native: bool = False,
 ) -> list[Outcome]:
     """Judges processes past their deadline: thread names, Python stacks, then kill.
 
@@ -401,28 +466,66 @@ def _expire(
     first (:data:`~.events.DUMP_MAIN_SIGNAL`), then for all."""
     launches = [launch for launch, _ in overdue]
     stale = [launch.path.stale and proc.generation == 1 for launch, proc in overdue]
+    unanswered: list[str] = []
+    states = [native.state(proc.pid) for _, proc in overdue]  # before any signal wakes it
     for (launch, proc), ghosts in zip(overdue, stale):
         proc.threads = thread_names(proc.pid)
         # Armed before the signal: whatever comes from now on is the dump.
         launch.dump, launch.last_data = [], 0.0
-        _signal(proc.pid, events.DUMP_MAIN_SIGNAL if ghosts else events.DUMP_SIGNAL)
+        signum = events.DUMP_MAIN_SIGNAL if ghosts else events.DUMP_SIGNAL
+        # A signal nobody handles kills: never send one the process does not catch (its
+        # dumper is not installed yet, or finalisation removed it).
+        if native.catches(proc.pid, signum) is False:
+            unanswered.append(
+                "(no Python stack: the process no longer handles the dump signal: Python has "
+                "finalised (its exit steps are done and the hang is native))"
+                if proc.phase == "exiting"
+                else "(no Python stack: the process does not handle the dump signal: it hung "
+                "before forksafe's child code installed its stack dumper, e.g. in a fork "
+                "handler)"
+            )
+        else:
+            unanswered.append("")
+            _signal(proc.pid, signum)
     stacks = _collect(launches)
     if any(stale):
-        again = [(launch, proc) for (launch, proc), ghosts in zip(overdue, stale) if ghosts]
+        again = [
+            (launch, proc)
+            for (launch, proc), ghosts, silent in zip(overdue, stale, unanswered)
+            if ghosts and not silent
+        ]
         for launch, proc in again:
             launch.dump, launch.last_data = [], 0.0
             _signal(proc.pid, events.DUMP_SIGNAL)
         everything = iter(_collect([launch for launch, _ in again]))
         for index, ghosts in enumerate(stale):
-            if ghosts:
+            if ghosts and not unanswered[index]:
                 stacks[index] = _with_ghosts(stacks[index], next(everything))
+    if with_native:
+        _native(overdue, stacks, unanswered)
     outcomes = []
-    for (launch, proc), stack in zip(overdue, stacks):
+    for (launch, proc), stack, silent in zip(overdue, stacks, unanswered):
+        running_state = states.pop(0) == "R"
+        code = launch.handle.exited()
+        if code is not None and code >= 0:  # it exited meanwhile: slow, not stuck
+            outcomes.append(launch.finish(killed=False))
+            running.remove(launch)
+            continue
         if proc.phase == "exiting":
             proc.status = "hangs_at_exit"
             proc.detail = f"did not exit within {deadline:g} s after its result"
             if proc.exit_steps:
-                proc.detail += f"; exit step still running: {proc.exit_steps[-1]}"
+                last = proc.exit_steps[-1]
+                proc.detail += (
+                    f"; the last exit step that started: {last} (Python's exit is over)"
+                    if silent
+                    else f"; exit step still running: {last}"
+                )
+            if proc.payload is not None and not proc.payload.get("ok"):
+                first = str(proc.payload.get("detail", "")).strip().splitlines() or ["not ok"]
+                what = "raised" if proc.payload.get("raised") else "was wrong"
+                proc.detail = f"CODE {what} ({first[-1]}), then hung at exit: " + proc.detail
+                proc.detail += "\n" + str(proc.payload.get("detail", "")).rstrip()
         else:
             proc.status = "hung"
             proc.detail = (
@@ -430,9 +533,23 @@ def _expire(
                 if proc.payload is None
                 else f"stuck for {deadline:g} s after its result, before exiting"
             )
-        proc.stack = stack or (
-            "(no Python stack: the process did not answer; it may have hung before forksafe's "
-            "child code could install its stack dumper)"
+        if running_state:
+            proc.detail += (
+                "; it was running (state R), not blocked: perhaps slow rather than stuck (a "
+                "longer --deadline tells)"
+            )
+        if code is not None and -code in (events.DUMP_SIGNAL, events.DUMP_MAIN_SIGNAL):
+            silent = (
+                f"(the stack-dump signal {signal.Signals(-code).name} ended the process: its "
+                "handler was gone by the time it arrived, so Python had finalised)"
+            )
+        proc.stack = (
+            stack
+            or silent
+            or (
+                "(no Python stack: the process did not answer; it may have hung before forksafe's "
+                "child code could install its stack dumper)"
+            )
         )
         outcomes.append(launch.finish(killed=True))
         running.remove(launch)
@@ -468,11 +585,14 @@ def run_forks(
     depth: int = 4,
     deadline: float = 10.0,
     on_tick: Callable[[], None] | None = None,
+    with_native: bool = False,
 ) -> Iterator[Outcome]:
     """Starts one launch per entry of ``jobs`` (a path name of :data:`~.paths.PATHS`; a chain
     path makes ``depth`` generations), at most ``concurrency`` at once, in order, and yields
     each launch's outcome as it ends. Each process gets ``deadline`` seconds for its result,
-    and again for its exit. If the caller stops early, every child is killed and reaped."""
+    and again for its exit. If the caller stops early, every child is killed and reaped.
+    ``with_native``: collect native evidence (:mod:`..native`) of processes stuck where
+    Python's stacks say nothing."""
     unknown = sorted({name for name in jobs if name not in PATHS})
     if unknown:
         raise ValueError(f"unknown fork path(s) {unknown}; choose from {', '.join(PATHS)}")
@@ -517,7 +637,7 @@ def run_forks(
                 if proc is not None:
                     overdue.append((launch, proc))
             if overdue:
-                yield from _expire(overdue, deadline, running)
+                yield from _expire(overdue, deadline, running, with_native)
             if on_tick is not None:
                 on_tick()
     finally:

@@ -65,6 +65,10 @@ class ForkPath:
     """A launch is a chain of ``depth`` generations, each forked by the one above."""
     own_child: bool = True
     """The child is the engine's own child (a forkserver worker is the server's)."""
+    python_hooks: bool = True
+    """The fork runs the ``os.register_at_fork`` handlers (CPython's fork handling)."""
+    c_hooks: bool = True
+    """The fork runs the ``pthread_atfork`` handlers (libc's ``fork()``)."""
 
 
 def _plain(fork: Callable[[], int]) -> Fork:
@@ -143,12 +147,15 @@ ROWS = (
         "--lazy-apps loads the app in each worker, after the fork)",
         fork=_plain(_c_fork),
         stale=True,
+        python_hooks=False,
     ),
     ForkPath(
         "raw_syscall",
         "a raw clone system call that skips every fork handler, C and Python",
         fork=_plain(_raw_clone),
         stale=True,
+        python_hooks=False,
+        c_hooks=False,
     ),
     ForkPath(
         "thread_fork",
