@@ -12,7 +12,6 @@ once; its sub-items are skipped, and no child runs.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import sys
@@ -233,7 +232,6 @@ class Forks:
 
     def expand(self, session: pytest.Session, items: list[pytest.Item]) -> None:
         """Adds each forksafe test's sub-items right after it."""
-        loadgroup = bool(getattr(self.config.option, "loadgroup", False))  # xdist --dist
         expanded: list[pytest.Item] = []
         for item in items:
             expanded.append(item)
@@ -250,9 +248,6 @@ class Forks:
                 continue
             assert isinstance(item, pytest.Function)
             group = item.stash[_GROUP] = _Group(self.paths)
-            # xdist --dist loadgroup keeps a test and its sub-items on one worker.
-            group_tag = "@forksafe-" + hashlib.sha1(item.nodeid.encode()).hexdigest()[:12]
-            tag = group_tag if loadgroup and "@" not in item.nodeid else ""
             base = item.nodeid[: -len(item.name)]
             for path in self.paths or [None]:
                 sub = ForkPathItem.from_parent(
@@ -264,10 +259,8 @@ class Forks:
                     originalname=item.originalname,
                 )
                 sub.fork_path, sub.group, sub.forks = path, group, self
-                _set_nodeid(sub, base + sub.name + tag)
+                _set_nodeid(sub, base + sub.name)
                 expanded.append(sub)
-            if tag:
-                _set_nodeid(item, item.nodeid + tag)
         items[:] = expanded
 
     # -- the run ------------------------------------------------------------------------------
