@@ -144,10 +144,11 @@ def _set_nodeid(node: pytest.Item, nodeid: str) -> None:
     """Gives a sub-item its own node ID: pytest builds a Function's from its original name and
     parameters, which a sub-item shares with its test (pytest 9.2+ keeps a structured ``_id``,
     older versions a ``_nodeid`` string)."""
-    if hasattr(node, "_id"):
-        node._id = type(node._id).parse(nodeid)
+    anyway: Any = node
+    if hasattr(anyway, "_id"):
+        anyway._id = type(anyway._id).parse(nodeid)
     else:
-        node._nodeid = nodeid
+        anyway._nodeid = nodeid
 
 
 def _unsupported(item: pytest.Item) -> str | None:
@@ -249,7 +250,8 @@ class Forks:
             assert isinstance(item, pytest.Function)
             group = item.stash[_GROUP] = _Group(self.paths)
             base = item.nodeid[: -len(item.name)]
-            for path in self.paths or [None]:
+            paths: list[str | None] = [*self.paths] or [None]  # None: no fork() here
+            for path in paths:
                 sub = ForkPathItem.from_parent(
                     item.parent,
                     name=_sub_name(item.name, path),

@@ -178,7 +178,7 @@ def test_children_never_rerun_the_session(
     monkeypatch.setenv("SESSIONS", str(sessions))
     pytester.makeconftest(SESSION_COUNTER)
     pytester.makepyfile(test_counted=COUNTED)
-    result, verdicts = _run(pytester, "--forksafe", "--forksafe-depth", "3")
+    result, _ = _run(pytester, "--forksafe", "--forksafe-depth", "3")
     assert result.ret == 0, result.stdout.str()
     pids = runs.read_text().split()
     # The parent, one child per path, and a nested chain of 3 generations: all distinct.
