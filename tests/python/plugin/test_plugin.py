@@ -16,7 +16,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 SAMPLE = Path(__file__).parent / "sample"
-DEADLINE = "3"  # small: a hung child costs one deadline; all paths run at once
+DEADLINE = "5"  # small: a hung child costs one deadline; all paths run at once
 FORK_PATHS = ("os_fork", "mp_fork", "c_fork", "raw_syscall", "thread_fork", "nested")
 STALE = ("c_fork", "raw_syscall")
 
