@@ -102,7 +102,8 @@ def main() -> int:
     per_test = (on - off) / TESTS * 1000
     lines = [
         f"**`pytest --forksafe`** ({TESTS} passing tests, {PATHS} fork paths, one child each; "
-        f"median of {ROUNDS} runs; CPython {platform.python_version()}, {os.cpu_count()} CPUs)",
+        f"median of {ROUNDS} runs; CPython {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.0f} at the end)",
         "",
         "| suite | seconds | ratio |",
         "|---|---|---|",
