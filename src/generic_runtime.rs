@@ -99,7 +99,7 @@
 /// completes (pyo3-async-runtimes drops that handle).
 ///
 /// With pyo3-async-runtimes 0.30, the one this crate's `python` feature builds on (the example
-/// compiles only with that feature; `examples/pyo3-0.25` and `scripts/test-generic` compile the
+/// compiles only with that feature; `examples/pyo3-0.25` and `scripts/test generic` compile the
 /// macro against every minor from 0.25 to 0.30):
 ///
 #[cfg_attr(feature = "python", doc = "```")]

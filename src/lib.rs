@@ -19,7 +19,7 @@
 //! * [`generic_runtime!`]: for an extension on an older PyO3 (pyo3-async-runtimes 0.25 to 0.30),
 //!   a runtime type for `pyo3_async_runtimes::generic`, with no PyO3 dependency of forksafe's.
 //!
-//! The modules, in dependency order (none imports one that imports it back; `scripts/check-layout`
+//! The modules, in dependency order (none imports one that imports it back; `scripts/lib/check-layout`
 //! checks it, and docs/design.md's module table says what each holds): `error`; `publish` (a
 //! value published through one atomic pointer, without a lock); `sys` (platform code: can the
 //! platform fork, `getpid`, the wipe-on-fork page, the loop wake-up pipe); `config` (the

@@ -1,5 +1,5 @@
 // Shared by every compat crate: the runtime type through each of pyo3-async-runtimes' generic
-// entry points, and all four traits named. Compiled (`cargo check`) by scripts/test-generic.
+// entry points, and all four traits named. Compiled (`cargo check`) by scripts/test generic.
 
 use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{self, ContextExt, LocalContextExt, Runtime, SpawnLocalExt};

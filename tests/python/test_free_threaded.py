@@ -1,7 +1,7 @@
 """What the GIL used to order for us: the bridge's completers lock, and the loop counter.
 
 Both tests run on every build. With a GIL they guard against a regression; on a free-threaded
-build (``python3.13t``, scripts/free-threaded) they are the ones that catch the races.
+build (``python3.13t``, scripts/test free-threaded) they are the ones that catch the races.
 """
 
 from __future__ import annotations

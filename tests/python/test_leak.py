@@ -4,7 +4,7 @@ Each loop is closed with bridged futures still in flight (a tokio timer, and an 
 result may already sit undrained in the queue). Their results reach a queue whose loop is gone:
 they must be dropped (attached), and every loop must become collectable. Runs in a forked child
 under the hang detector, on both wake-ups (a pipe the loop watches, and ``call_soon_threadsafe``
-for a loop that cannot watch one), with and without the GIL (scripts/free-threaded runs this
+for a loop that cannot watch one), with and without the GIL (scripts/test free-threaded runs this
 file on 3.13t).
 """
 

@@ -1,4 +1,4 @@
-//! The fork harness: the only place a Rust test forks (`scripts/check-layout` enforces it).
+//! The fork harness: the only place a Rust test forks (`scripts/lib/check-layout` enforces it).
 //!
 //! [`fork_child`] forks, runs the child's closure with a [`Reporter`] on a fresh pipe, and waits
 //! for it under the hang detector (`hang.rs`); the parent then checks the [`ChildReport`].

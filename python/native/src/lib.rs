@@ -186,7 +186,7 @@ mod testing {
 
 // `gil_used = false`: this module runs correctly with no GIL, so a free-threaded CPython keeps
 // the GIL off when it is imported. Written out rather than left to PyO3's default, because it is
-// a claim: it holds only while the no-GIL suite passes (scripts/free-threaded, run by
+// a claim: it holds only while the no-GIL suite passes (scripts/test free-threaded, run by
 // scripts/test on a `--disable-gil` CPython), and the rules it rests on are in docs/design.md
 // ("Without the GIL").
 #[pymodule(gil_used = false)]

@@ -3,7 +3,7 @@
 The control build (cargo feature ``control``, never shipped) is the same module on plain
 ``pyo3_async_runtimes::tokio``: its global runtime is built once, in the parent, and a forked
 child inherits a runtime whose worker threads do not exist. It is installed apart from the real
-wheel, into the directory ``GEN025_CONTROL_SITE`` names (scripts/test-generic builds it with
+wheel, into the directory ``GEN025_CONTROL_SITE`` names (scripts/test generic builds it with
 ``pip install --target``). This test runs test_fork.py in a subprocess with that directory first
 on ``PYTHONPATH`` and a short child deadline, and asserts that every fork case fails *because
 its child hung* (another failure proves nothing), while the parent-only cases pass.
@@ -37,7 +37,7 @@ def test_every_fork_case_hangs_on_the_control_build(tmp_path: Path) -> None:
     if not site:
         pytest.skip(
             "GEN025_CONTROL_SITE is not set: no control build to run against "
-            "(scripts/test-generic builds one)"
+            "(scripts/test generic builds one)"
         )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([site, *filter(None, [env.get("PYTHONPATH")])])

@@ -1,6 +1,6 @@
 //! `#[forksafe_peer_macros::test]`: registers a test with pyo3-async-runtimes' test harness
 //! (`pyo3_async_runtimes::testing::main`), run on forksafe's runtime. Test-only and never
-//! published: `scripts/peer-suite` puts it where upstream's pytests have
+//! published: `scripts/test peer` puts it where upstream's pytests have
 //! `#[pyo3_async_runtimes::tokio::test]`, whose expansion looks the loop up in upstream's own
 //! task locals (which forksafe does not set). The expansion uses only forksafe's public API.
 //!
