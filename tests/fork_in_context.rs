@@ -8,6 +8,7 @@
 
 mod support {
     pub mod fork;
+    pub mod guard_mode;
     pub mod hang;
     pub mod host;
     pub mod sys;
@@ -17,7 +18,7 @@ mod support {
 
 use std::time::Duration;
 
-use support::{fork::*, sys::*, wire::*, workload::*};
+use support::{fork::*, sys::*, workload::*};
 
 #[test]
 fn block_on_in_a_child_forked_inside_block_on_runs_the_child_runtime() {

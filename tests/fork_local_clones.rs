@@ -8,7 +8,15 @@
 //! One `#[test]` on purpose: the raw-syscall fork needs a quiet process (no sibling test thread
 //! inside malloc), as in `fork_raw.rs`.
 
-mod common;
+mod support {
+    pub mod fork;
+    pub mod guard_mode;
+    pub mod hang;
+    pub mod host;
+    pub mod quiesce;
+    pub mod sys;
+    pub mod wire;
+}
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Barrier;
@@ -16,7 +24,7 @@ use std::time::Duration;
 
 use forksafe::{ForkLocal, Prebuilt};
 
-use common::*;
+use support::{fork::*, guard_mode::*, quiesce::*, sys::*, wire::*};
 
 /// Threads racing the first access, each through its own clone.
 const THREADS: usize = 8;

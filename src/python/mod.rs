@@ -588,24 +588,7 @@ where
     F: Future<Output = PyResult<T>> + Send,
     T: Send,
 {
-    if crate::runtime::on_inherited_runtime_thread() {
-        // Forked from a tokio worker of the parent (Python called from a bridged task forked):
-        // this thread still carries the parent's scheduler, so the future runs on a fresh
-        // thread of the child, joined before this returns (docs/design.md, "What we take from
-        // tokio").
-        return py.detach(|| {
-            std::thread::scope(|scope| {
-                std::thread::Builder::new()
-                    .name("forksafe-block-on".into())
-                    .spawn_scoped(scope, || crate::block_on(fut))
-                    .map_err(|e| PyOSError::new_err(format!("cannot start a thread: {e}")))?
-                    .join()
-                    .map_err(|_| PyRuntimeError::new_err("block_on's thread panicked"))?
-                    .map_err(to_py_err)?
-            })
-        });
-    }
-    py.detach(|| crate::block_on(fut)).map_err(to_py_err)?
+    run::block_on(py, fut)
 }
 
 /// Maps a forksafe [`Error`] onto the matching Python exception: `ValueError` for an invalid

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
@@ -59,4 +59,31 @@ fn close(event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
     }
     event_loop.call_method0(intern!(py, "close"))?;
     Ok(())
+}
+
+/// `forksafe::python::block_on`'s body: the future on this process's runtime, the GIL released.
+pub(super) fn block_on<F, T>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    F: Future<Output = PyResult<T>> + Send,
+    T: Send,
+{
+    if crate::runtime::on_inherited_runtime_thread() {
+        // Forked from a tokio worker of the parent (Python called from a bridged task forked):
+        // this thread still carries the parent's scheduler, so the future runs on a fresh
+        // thread of the child, joined before this returns (docs/design.md, "What we take from
+        // tokio").
+        return py.detach(|| {
+            std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name("forksafe-block-on".into())
+                    .spawn_scoped(scope, || crate::block_on(fut))
+                    .map_err(|e| PyOSError::new_err(format!("cannot start a thread: {e}")))?
+                    .join()
+                    .map_err(|_| PyRuntimeError::new_err("block_on's thread panicked"))?
+                    .map_err(super::to_py_err)?
+            })
+        });
+    }
+    py.detach(|| crate::block_on(fut))
+        .map_err(super::to_py_err)?
 }
