@@ -61,7 +61,7 @@ def _child(copies: list[forksafe.ForkLocal[object]]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", forkutil.PATHS)
-def test_after_a_fork_every_copy_sees_the_childs_one_value(path: str) -> None:
+def test_after_a_fork_every_copy_sees_one_value_built_by_the_child(path: str) -> None:
     del BUILDS[:]
     original = forksafe.fork_local(_make)
     copies = [original, copy.copy(original), copy.deepcopy(original)]
