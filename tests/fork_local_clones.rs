@@ -5,7 +5,7 @@
 //! threads racing through different clones; the parent's clones keep theirs; the inherited value
 //! is never dropped. Also `Prebuilt`: what a child's failed rebuild does.
 //!
-//! One `#[test]` on purpose: the raw-syscall fork needs a quiet process (no sibling test thread
+//! One `#[test]` on purpose: the raw clone (`raw_syscall`) fork needs a quiet process (no sibling test thread
 //! inside malloc), as in `fork_raw.rs`.
 
 mod support {

@@ -24,7 +24,7 @@ import pytest
 from forksafe import _native
 
 pytestmark = pytest.mark.skipif(
-    not _native.TEST_HOOKS, reason="needs the test wheel (--features test-hooks)"
+    not _native.CONTROL_PROBE, reason="needs the test wheel (--features control-probe)"
 )
 
 

@@ -119,8 +119,8 @@ def test_rebuilt_pool_passes_where_python_forks(pytester: pytest.Pytester) -> No
 
 
 def test_control_probe_fails_and_forksafe_probe_passes(pytester: pytest.Pytester) -> None:
-    if not forksafe._native.TEST_HOOKS:
-        pytest.fail("the control probe needs the test wheel (--features test-hooks)")
+    if not forksafe._native.CONTROL_PROBE:
+        pytest.fail("the control probe needs the test wheel (--features control-probe)")
     _sample(pytester, "control")
     result, verdicts = _run(pytester, "--forksafe")
     for path in FORK_PATHS:
@@ -212,7 +212,7 @@ def test_unmarked():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--forksafe-paths", "os_fork,c-fork"], "unknown fork path(s) ['c-fork']"),
+        (["--forksafe-paths", "os_fork,vfork"], "unknown fork path(s) ['vfork']"),
         (["--forksafe-paths", "spawn"], "spawn start a fresh interpreter"),
         (["--forksafe-count", "-1"], "--forksafe-count must be at least 1"),
         (["--forksafe-deadline", "0"], "--forksafe-deadline must be a positive number"),
