@@ -13,7 +13,10 @@
 // The fork harness of the Rust suites (tests/support), the parts the reproduction uses; `common`
 // names them for repro.rs, which is shared with the bench.
 #[path = "../../support"]
-#[allow(dead_code, reason = "the harness serves many binaries; this one uses a part of each module")]
+#[allow(
+    dead_code,
+    reason = "the harness serves many binaries; this one uses a part of each module"
+)]
 mod support {
     pub mod fork;
     pub mod hang;
@@ -24,7 +27,9 @@ mod support {
 }
 mod common {
     pub use crate::support::fork::{fork_process, ForkMethod};
-    pub use crate::support::hang::{describe_hung_tree, kill_tree, wait_blocking, wait_with_deadline};
+    pub use crate::support::hang::{
+        describe_hung_tree, kill_tree, wait_blocking, wait_with_deadline,
+    };
     pub use crate::support::quiesce::wait_until_quiescent;
     pub use crate::support::sys::getpid;
     pub use crate::support::wire::describe_status;
