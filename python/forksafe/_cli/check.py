@@ -377,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             broke = code & PARENT_BROKE
             print(last + ("; but the parent broke after its children ran" if broke else ""),
                   file=out)  # fmt: skip
+        # From the watchdog, sys.stdout is still redirected to stderr: flush the real one here,
+        # before leave() exits without Python's own flush.
+        out.flush()
         return code
 
     def hung(parent: dict[str, Any]) -> None:

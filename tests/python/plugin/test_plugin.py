@@ -115,7 +115,8 @@ def test_rebuilt_pool_passes_where_python_forks(pytester: pytest.Pytester) -> No
     for path in STALE:  # the right result, then the parent's pool thread joined at exit
         text = _section(result, f"test_pool[forksafe:{path}]")
         assert f"{path}: hangs at exit 1 of 1 processes" in text, text
-        assert "concurrent.futures.thread._python_exit" in text, text
+        # The frame, as 3.11's dump names it or as 3.13's (file and function) does.
+        assert "_python_exit" in text and "concurrent" in text, text
 
 
 def test_control_probe_fails_and_forksafe_probe_passes(pytester: pytest.Pytester) -> None:
