@@ -171,6 +171,9 @@ def fresh_forkserver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     _stop_forkserver(before)  # one left running by an earlier test would not preload
     # The forkserver is a fresh interpreter (exec): it finds the preloaded module on PYTHONPATH.
     monkeypatch.setenv("PYTHONPATH", integ_support.subprocess_env()["PYTHONPATH"])
+    # CPython >= 3.13's forkserver replaces its path with this process's before it preloads (and
+    # ignores a preload that fails to import): the apps directory must be on it, for this test.
+    monkeypatch.syspath_prepend(str(integ_support.APPS))
     ctx = multiprocessing.get_context("forkserver")
     server = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
     saved = list(getattr(server, "_preload_modules", ["__main__"]))
