@@ -47,8 +47,11 @@ def test_a_hazard_in_some_children_makes_ok_rows_weak_evidence_and_raises_their_
     # The text report says the counts are weak and what was done about it.
     text = check(*args)
     assert text.code == 1, text
-    assert "weak evidence" in text.stdout and "Raised the count" in text.stdout, text
-    assert " of 4 " in text.stdout or " of 4\n" in text.stdout or "of 4" in text.stdout, text
+    # The report wraps at the terminal's width, and where a line breaks moves with the rates
+    # drawn: compare words, not lines.
+    words = " ".join(text.stdout.split())
+    assert "weak evidence" in words and "Raised the count" in words, text
+    assert "of 4" in words, text
 
 
 KEEP_ALIVE_SETUP = """
