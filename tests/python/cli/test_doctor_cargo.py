@@ -2,8 +2,9 @@
 features, with its path from the extension (tests/doctor-tree: ext -> mid -> leaf, where the
 leaf asks tokio for "full" as lance-namespace-impls does in LanceDB's tree).
 
-Resolution is offline (``CARGO_NET_OFFLINE``): tokio and its dependencies come from the local
-registry, as in CI after the root workspace's build.
+Resolution is offline (``CARGO_NET_OFFLINE``), as a maintainer's machine resolves a tree it has
+built: the module's fixture fetches the tree's locked crates first (tokio "full" pulls in crates
+the root workspace never builds, such as signal-hook-registry, so a fresh machine lacks them).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _needs_cargo() -> None:
     if shutil.which(os.environ.get("CARGO", "cargo")) is None:
         # CI's parking-lot job runs these with cargo and FORKSAFE_REQUIRE_CARGO=1; elsewhere
@@ -40,6 +41,18 @@ def _needs_cargo() -> None:
         if os.environ.get("FORKSAFE_REQUIRE_CARGO", "") not in ("", "0"):
             pytest.fail("FORKSAFE_REQUIRE_CARGO is set but cargo is not on PATH")
         pytest.skip("cargo is not on PATH: doctor --cargo's tests need it")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fetched(_needs_cargo: None) -> None:
+    """The tree's locked crates in the local registry, so that offline resolution can succeed."""
+    cargo = os.environ.get("CARGO", "cargo")
+    manifest = str(TREE / "Cargo.toml")
+    fetch = subprocess.run(
+        [cargo, "fetch", "--locked", "--manifest-path", manifest],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert fetch.returncode == 0, f"cargo fetch of {manifest} failed:\n{fetch.stderr}"
 
 
 def test_names_the_crate_that_asks_tokio_for_full_and_its_path() -> None:
