@@ -3,7 +3,7 @@
 Run through ``scripts/bench`` (which builds and installs the example's wheel), or directly with
 ``forksafe_objstore`` installed and the example's test data module (``objdata``: moto and the
 data set) on the path:
-``PYTHONPATH=examples/object-store/tests python benches/objstore.py [--write]``.
+``PYTHONPATH=tests/objstore python benches/objstore.py [--write]``.
 
 1. 4 workers read the same 1,000 objects (a quarter each) through an ObjectDataset built in the
    parent: ``multiprocessing`` fork workers (inheriting the parent's warm Store) against spawn

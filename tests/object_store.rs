@@ -3,7 +3,7 @@
 //! and never drops the parent's; a failed build is an `HttpError` of kind `Connect` with its
 //! cause; `SpawnedConnector` runs the request on forksafe's runtime whatever the caller's
 //! runtime, streams the body frame by frame, and aborts the task when the response is dropped.
-//! The S3 side (moto, every fork path, credentials) is examples/object-store/tests.
+//! The S3 side (moto, every fork path, credentials) is tests/objstore.
 
 mod support {
     pub mod fork;

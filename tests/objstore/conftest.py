@@ -1,7 +1,9 @@
-"""Fixtures: moto's S3 server, the 1,000-object data set, and a Store warmed in this process.
+"""Fixtures: moto's S3 server, the 1,000-object data set, and a Store warmed in this process;
+the fork warnings' filter.
 
 The hang detector is forksafe's own fork engine (``forksafe._cli.engine.calls``, installed with
-forksafe); served.py runs gunicorn. Nothing here comes from the repository's tests/.
+forksafe); served.py runs gunicorn. Nothing here comes from the
+other suites under tests/.
 """
 
 from __future__ import annotations
@@ -47,3 +49,11 @@ def store(data: objdata.DataSet) -> Store:
     data.require(objdata.read_sync(store, warm[:5]), warm[:5], "parent warm-up (get_sync)")
     data.require(objdata.read_async(store, warm[5:]), warm[5:], "parent warm-up (get)")
     return store
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Python >= 3.12 warns when a multi-threaded process forks; these tests fork one on purpose.
+    for item in items:
+        item.add_marker(
+            pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+        )

@@ -66,7 +66,7 @@ def test_key_cases_fail_on_the_control_build(tmp_path: Path) -> None:
     if not site:
         pytest.skip(
             "OBJSTORE_CONTROL_SITE is not set: no control build to run against "
-            "(scripts/test builds one; see examples/object-store/README.md)"
+            "(scripts/test builds one; see tests/objstore/README.md)"
         )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([site, *filter(None, [env.get("PYTHONPATH")])])
@@ -92,7 +92,7 @@ def test_key_cases_fail_on_the_control_build(tmp_path: Path) -> None:
                     sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                     f"--junitxml={report}", str(HERE / case),
                 ],
-                cwd=HERE.parent,
+                cwd=HERE,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
