@@ -39,7 +39,7 @@ SETUP = (
     "assert m.hazard() == (HAZARD, HAZARD), m.hazard()  # the build, and forksafe's probe\n"
 )
 CODE = f"m.work(16, 20, {STACK})"
-PATHS = "os_fork,c_fork,nested"
+PATHS = "c_fork,thread_fork,nested"
 COUNT = "12"
 HAZARD_NAME = "parking_lot's parking table"
 RECIPE = "When a dependency turns on tokio's parking_lot"
