@@ -87,7 +87,7 @@ def _hazards(process: dict[str, Any]) -> list[str]:
     return [h["name"] for h in (process.get("native") or {}).get("hazards", [])]
 
 
-def test_check_names_the_parking_lot_hazard_from_a_hung_childs_native_frames() -> None:
+def test_check_names_the_parking_lot_hazard_from_the_native_frames_of_a_hung_child() -> None:
     site = _site("PL_PY_HAZARD_SITE")
     if shutil.which("gdb") is None and shutil.which("eu-stack") is None:
         pytest.fail("neither gdb nor eu-stack is installed: check reads native frames with one")
