@@ -17,30 +17,7 @@
 //! Prints one line per variant and path, then a summary line per variant. A figure, not a test:
 //! nothing here asserts a rate.
 
-// The fork harness of the Rust suites (tests/support), the parts the reproduction uses; `common`
-// names them for repro.rs, which is shared with the bench.
-#[path = "../tests/support"]
-#[allow(
-    dead_code,
-    reason = "the harness serves many binaries; this one uses a part of each module"
-)]
-mod support {
-    pub mod fork;
-    pub mod hang;
-    pub mod host;
-    pub mod quiesce;
-    pub mod sys;
-    pub mod wire;
-}
-mod common {
-    pub use crate::support::fork::{fork_process, ForkMethod};
-    pub use crate::support::hang::{
-        describe_hung_tree, kill_tree, wait_blocking, wait_with_deadline,
-    };
-    pub use crate::support::quiesce::wait_until_quiescent;
-    pub use crate::support::sys::getpid;
-    pub use crate::support::wire::describe_status;
-}
+// The reproduction, with the parts of the fork harness (tests/support) it uses.
 #[path = "../tests/parking-lot/src/repro.rs"]
 mod repro;
 

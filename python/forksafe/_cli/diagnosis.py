@@ -182,6 +182,12 @@ def _native_lines(evidence: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hazards(outcome: Outcome) -> list[Any]:
+    """The known native hazards the outcome's native evidence names."""
+    culprit = outcome.culprit
+    return list((culprit.native or {}).get("hazards", [])) if culprit else []
+
+
 def diagnose(
     rows: list[dict[str, Any]],
     outcomes: dict[str, list[Outcome]],
@@ -216,13 +222,15 @@ def diagnose(
             explained.add(kind)
             lines += _wrap(f"{name} means: {MEANING[kind]}", "  ")
             lines += _wrap(f"usually fixed by: {FIX[kind]}", "  ")
-        failed = next(o for o in outcomes[path.name] if o.status != "ok")
+        failures = [o for o in outcomes[path.name] if o.status != "ok"]
+        # The first failure whose native frames name a known hazard, else the first failure.
+        failed = next((o for o in failures if _hazards(o)), failures[0])
         culprit = failed.culprit
         if culprit is None:
             lines.append(f"  first failure: {failed.detail}")
             continue
         rebuilt = rebuilt_runtimes(culprit.threads, parent_threads)
-        if culprit.status == "hung" and rebuilt:
+        if culprit.status == "hung" and rebuilt and not _hazards(failed):
             if "rebuilt" in explained:
                 lines.append("  a fresh runtime, still hung: see above")
             else:

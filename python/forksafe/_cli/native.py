@@ -33,10 +33,12 @@ HAZARDS = (
     Hazard(
         "parking_lot's parking table",
         (r"parking_lot_core",),
-        "parking_lot keeps one global table of parked threads; after a fork it still lists the "
-        "parent's threads, so the child waits on a slot no thread will ever wake. Build the "
-        "extension without tokio's parking_lot feature, or see docs/extension-authors.md, "
-        '"When a dependency turns on tokio\'s parking_lot".',
+        "parking_lot keeps one global table of parked threads; after a fork it still links the "
+        "parent's dead threads, in memory the child's new threads reuse, so the child's parks and "
+        "wake-ups follow garbage: lost wake-ups (hangs) and crashes. Build the extension without "
+        "tokio's parking_lot feature: `python -m forksafe doctor --cargo PATH/Cargo.toml` names "
+        "the crate that turns it on; docs/extension-authors.md, "
+        '"When a dependency turns on tokio\'s parking_lot", says how to narrow it.',
     ),
     Hazard(
         "a thread pool's join inside C exit()",

@@ -1,10 +1,11 @@
 //! The parking_lot reproduction: a busy parent, a child workload whose values the parent checks,
 //! and one fork by each path under a hang detector. Shared by `tests/parking_lot_fork.rs` (a few
-//! children, CI) and `benches/parking_lot.rs` (thousands, the failure rate).
+//! children, CI) and `benches/parking_lot.rs` (thousands, the failure rate): each includes this
+//! file with `#[path]`, and nothing else of the harness.
 //!
-//! Included with `#[path]` next to `tests/support` (its parts re-exported as `common`), whose `.init_array` constructor
-//! keeps std's thread registry off as in a Python host: that registry's own fork hazard (see
-//! docs/design.md) must not be counted as parking_lot's.
+//! It includes the fork suites' `tests/support` (its parts re-exported as `common`), whose
+//! `.init_array` constructor keeps std's thread registry off as in a Python host: that registry's
+//! own fork hazard (see docs/design.md) must not be counted as parking_lot's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,30 @@ use std::time::{Duration, Instant};
 
 use libc::{c_int, pid_t};
 
-use crate::common;
+// The fork harness of the Rust suites (tests/support), the parts the reproduction uses. An inline
+// module of this file, which its includers load by `#[path]`: relative to `src/`.
+#[path = "../../support"]
+#[allow(
+    dead_code,
+    reason = "the harness serves many binaries; this one uses a part of each module"
+)]
+mod support {
+    pub mod fork;
+    pub mod hang;
+    pub mod host;
+    pub mod quiesce;
+    pub mod sys;
+    pub mod wire;
+}
+mod common {
+    pub use super::support::fork::{fork_process, ForkMethod};
+    pub use super::support::hang::{
+        describe_hung_tree, kill_tree, wait_blocking, wait_with_deadline,
+    };
+    pub use super::support::quiesce::wait_until_quiescent;
+    pub use super::support::sys::getpid;
+    pub use super::support::wire::describe_status;
+}
 
 /// The runtime's worker threads in the busy parent (and in every child: they inherit it).
 pub const WORKERS: usize = 4;

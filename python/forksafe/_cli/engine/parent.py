@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import sys
+import sysconfig
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -428,7 +429,12 @@ def _native(
     seen: set[str] = set()
     taken = 0
     for (launch, proc), stack, silent in zip(overdue, stacks, unanswered):
-        quiet = bool(silent) or not stack.strip() or _no_python_frame(stack)
+        quiet = (
+            bool(silent)
+            or not stack.strip()
+            or _no_python_frame(stack)
+            or _waits_below_python(stack, proc.pid)
+        )
         wanted = quiet and launch.path.name not in seen and taken < NATIVE_BACKTRACES
         if wanted:
             seen.add(launch.path.name)
@@ -445,6 +451,36 @@ def _native(
                 )
             )
             proc.native = native.collect(proc.pid, with_backtrace=wanted, why=why).as_dict()
+
+
+_STDLIB = tuple(
+    os.path.join(os.path.realpath(sysconfig.get_paths()[key]), "")
+    for key in ("stdlib", "platstdlib")
+)
+_OWN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+
+
+def _waits_below_python(stack: str, pid: int) -> bool:
+    """Whether the stuck thread waits inside a native call that Python's stack cannot explain:
+    its innermost frame is outside the standard library and check (CODE, or a library, calling
+    an extension), and the process's main thread sleeps on a futex (a lock or condvar of native
+    code: an extension's runtime parked, parking_lot's table)."""
+    current = stack.partition("Current thread")[2] or stack.partition("Stack (most recent")[2]
+    first = next(
+        (line.strip() for line in current.splitlines() if line.strip().startswith("File ")), ""
+    )
+    if not first:
+        return False
+    file = first[len('File "') :].partition('"')[0]
+    if not file.startswith("<"):
+        file = os.path.realpath(file)
+        if file.startswith(_STDLIB) or file.startswith(_OWN):
+            return False
+    main = native.threads(pid)[:1]
+    return bool(main) and ("futex" in main[0].wchan or main[0].syscall in _FUTEX)
+
+
+_FUTEX = ("202", "98")  # the futex system call's number: x86_64, and aarch64/riscv64 (generic)
 
 
 def _no_python_frame(stack: str) -> bool:
