@@ -98,7 +98,7 @@ POOL_C = r"""
 static pthread_t worker;
 static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
-static int stop, stopped;
+static int stop, stopped, no_worker;
 static void *run(void *arg) {
     pthread_mutex_lock(&m);
     while (!stop) pthread_cond_wait(&c, &m);
@@ -108,6 +108,8 @@ static void *run(void *arg) {
     return arg;
 }
 static void pool_shutdown(void) {  /* run by C exit(): waits for the worker to acknowledge */
+    if (no_worker) return;  /* no join either: glibc 2.43's pthread_join waits for a thread
+                               that the fork did not copy (2.36's returned) */
     pthread_mutex_lock(&m);
     stop = 1;
     pthread_cond_broadcast(&c);
@@ -115,7 +117,7 @@ static void pool_shutdown(void) {  /* run by C exit(): waits for the worker to a
     pthread_mutex_unlock(&m);
     pthread_join(worker, NULL);
 }
-static void forgotten(void) { stop = stopped = 1; }  /* a fork child has no worker */
+static void forgotten(void) { no_worker = 1; }  /* a fork child has no worker */
 void pool_start(void) {
     pthread_create(&worker, NULL, run, NULL);
     atexit(pool_shutdown);
@@ -162,7 +164,10 @@ def test_a_c_thread_pool_joined_in_exit_is_named_from_its_native_frames(libpool:
     text = check("--count", "1", "--deadline", "2", "--paths", "os_fork", "--setup", setup, "1")
     assert "native threads (/proc/PID/task):" in text.stdout, text
     words = " ".join(text.stdout.split())  # the hazard's line is wrapped at 100 columns
-    assert "known native hazard: a thread pool's join inside C exit()" in words, text
+    if native["tool"] in ("gdb", "eu-stack"):  # the hazard is known by its native frames
+        assert "known native hazard: a thread pool's join inside C exit()" in words, text
+    else:
+        assert f"no native backtrace: {native['tool']}" in words, text
 
 
 def test_a_pthread_atfork_repair_is_named_from_the_failing_paths(libpool: Path) -> None:
