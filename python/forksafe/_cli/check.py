@@ -288,7 +288,9 @@ def _parent_lines(finding: dict[str, Any]) -> list[str]:
 
 
 def _wrap_text(text: str) -> list[str]:
-    return textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="  ")
+    # Never inside an option or a path ("--no-compare", "forksafe::ForkLocal::with_init").
+    return textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False, break_long_words=False)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

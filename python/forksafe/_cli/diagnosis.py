@@ -147,7 +147,9 @@ def trim_stack(stack: str) -> str:
 
 
 def _wrap(text: str, first: str, rest: str = "    ") -> list[str]:
-    return textwrap.wrap(text, 100, initial_indent=first, subsequent_indent=rest)
+    # Never inside an option or a path ("--no-compare", "forksafe::ForkLocal::with_init").
+    return textwrap.wrap(text, 100, initial_indent=first, subsequent_indent=rest,
+                         break_on_hyphens=False, break_long_words=False)  # fmt: skip
 
 
 def _free_threaded_note(rows: list[dict[str, Any]]) -> str:

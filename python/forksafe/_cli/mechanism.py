@@ -6,7 +6,12 @@ table). The paths differ in the hooks they run (``ForkPath.python_hooks``, ``c_h
 - fails only where ``pthread_atfork`` handlers do not run either (a raw clone): a
   ``pthread_atfork`` hook;
 - fails on every fork path: no fork handling;
-- raises a clear error that names the fork: fail-fast.
+- raises a clear error that names the fork: fail-fast;
+- fails in every child of the paths that skip a hook, and in only some children of the paths
+  that run it: the hook repairs, but races the child's first call (gRPC's fork support, whose
+  post-fork threads reset the channel while the child may already be calling on it).
+
+With a single fork path checked, no pattern can be told apart: it says so.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 from typing import Any
 
 from .engine import PATHS, Outcome, thread_names
+from .report import rate
 
 FIX = (
     "Fix: check the process on every access instead of in a fork hook (a registry keyed by "
@@ -61,6 +67,34 @@ def _exit_hangs(outcomes: list[Outcome]) -> bool:
     return all(o.status in ("ok", "hangs_at_exit") for o in outcomes)
 
 
+def _racy_hook(
+    failing: list[dict[str, Any]],
+    no_python_hooks: list[dict[str, Any]],
+    no_c_hooks: list[dict[str, Any]],
+) -> str:
+    """The finding when the paths that skip a kind of fork hook fail in every child and the
+    paths that run it fail in only some: a hook that repairs, but not before every child's
+    first call. "" otherwise."""
+    always = [row for row in failing if row["failed"] == row["children"]]
+    sometimes = [row for row in failing if row not in always]
+    if not sometimes or not always:
+        return ""
+    if always == no_c_hooks:
+        hook, skipped = "a pthread_atfork hook", "every fork handler, C and Python"
+    elif always == no_python_hooks and no_python_hooks != no_c_hooks:
+        hook, skipped = "an os.register_at_fork hook", "Python's fork handlers"
+    else:
+        return ""
+    verb = "fails" if len(always) == 1 else "fail"
+    rates = ", ".join(f"{row['path']} {rate(row)}" for row in sometimes)
+    return (
+        f"Repairs itself in {hook}, but not in time for every child: {_names(always)} "
+        f"{verb} in every child (skipping {skipped}), while the forks that run it fail in "
+        f"some children only ({rates}): the repair races the child's first call (it "
+        f"finishes on a thread the hook starts, or later). {FIX}"
+    )
+
+
 def name(
     rows: list[dict[str, Any]], outcomes: dict[str, list[Outcome]], forksafe: bool | None = None
 ) -> list[str]:
@@ -98,6 +132,13 @@ def name(
             "That is honest, but the children cannot use it: build it per process "
             "(forksafe.fork_local(factory)), or start workers with spawn or forkserver."
         )
+    elif len(forks) == 1:
+        lines.append(
+            f"Fails on {_names(failing)}, the only fork path checked: run the other fork paths "
+            "too (check's default) to tell which fork handling CODE has."
+        )
+    elif racy := _racy_hook(failing, no_python_hooks, no_c_hooks):
+        lines.append(racy)
     elif not ok:
         lines.append(f"No fork handling: CODE fails on every fork path. {FIX}")
     elif failing == no_python_hooks and no_python_hooks != no_c_hooks:

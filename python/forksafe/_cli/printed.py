@@ -1,5 +1,7 @@
 """What the children printed themselves (a library's warnings, a Rust panic's message), each
-distinct line once, with how many children printed it and which."""
+distinct line once, with how many children printed it and which. A log line's own time stamp
+and thread ID (glog's and absl's ``I1202 03:32:05.231150  867 file.cc:588]``, logging's
+``2026-12-02 03:32:05,231``) differ in every child: lines are grouped without them."""
 
 from __future__ import annotations
 
@@ -12,15 +14,30 @@ SHOWN_LINES = 20
 
 _PANIC = re.compile(r"^thread '.*' panicked at ")
 
+_STAMPS = (
+    # glog / absl (gRPC, Arrow, TensorFlow): level, MMDD, time, thread ID, then file:line]
+    (re.compile(r"^(?P<level>[IWEF])\d{4} [0-9:.]+\s+\d+ (?=\S+:\d+\] )"), r"\g<level> "),
+    # logging's asctime, and ISO 8601 stamps
+    (re.compile(r"^\d{4}-\d\d-\d\d[ T][0-9:.,]+(?:Z|[+-]\d\d:?\d\d)?\s+"), ""),
+)
+
+
+def unstamped(line: str) -> str:
+    """A printed line without the time stamp and thread ID a log line starts with."""
+    for stamp, keep in _STAMPS:
+        line = stamp.sub(keep, line, count=1)
+    return line
+
 
 def grouped(outcomes: dict[str, list[Outcome]]) -> list[dict[str, object]]:
-    """Each distinct line the children printed: ``line``, ``children`` (how many printed it),
+    """Each distinct line the children printed (once per child, without a log line's time
+    stamp: :func:`unstamped`): ``line``, ``children`` (how many printed it),
     ``paths`` (where), ``pids`` (the first few), in the order first seen."""
     lines: dict[str, dict[str, object]] = {}
     for path, launched in outcomes.items():
         for outcome in launched:
             pid = outcome.processes[0].pid if outcome.processes else 0
-            for text in dict.fromkeys(own_lines(outcome.output)):  # once per child
+            for text in dict.fromkeys(map(unstamped, own_lines(outcome.output))):
                 entry = lines.setdefault(text, {"line": text, "children": 0, "paths": [],
                                                 "pids": []})  # fmt: skip
                 entry["children"] = int(str(entry["children"])) + 1
