@@ -53,6 +53,23 @@ def describe(func: object) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+def exit_waits(multiprocessing_exit: bool) -> dict[str, Any]:
+    """In a child about to exit: what threading's shutdown will run and join (a
+    :meth:`~.engine.Work.exit_info` for any work), and how a multiprocessing child leaves."""
+    me = threading.current_thread()
+    callbacks = getattr(threading, "_threading_atexits", [])  # threading._register_atexit
+    info: dict[str, Any] = {
+        "threading_atexit": [describe(f) for f in reversed(callbacks)],
+        "threads_joined": [t.name for t in threading.enumerate() if t is not me and not t.daemon],
+    }
+    if multiprocessing_exit:
+        info["note"] = (
+            "multiprocessing children do not run atexit handlers: they leave through "
+            "util._exit_function() and threading._shutdown(), then os._exit"
+        )
+    return info
+
+
 def _ncallbacks() -> int | None:
     count = getattr(atexit, "_ncallbacks", None)
     return int(count()) if callable(count) else None
@@ -228,20 +245,8 @@ class CodeWork(Work):
         return payload
 
     def exit_info(self, multiprocessing_exit: bool) -> dict[str, Any]:
-        me = threading.current_thread()
-        callbacks = getattr(threading, "_threading_atexits", [])  # threading._register_atexit
-        info: dict[str, Any] = {
-            "threading_atexit": [describe(f) for f in reversed(callbacks)],
-            "threads_joined": [
-                t.name for t in threading.enumerate() if t is not me and not t.daemon
-            ],
-        }
-        if multiprocessing_exit:
-            info["note"] = (
-                "multiprocessing children do not run atexit handlers: they leave through "
-                "util._exit_function() and threading._shutdown(), then os._exit"
-            )
-        else:
+        info = exit_waits(multiprocessing_exit)
+        if not multiprocessing_exit:
             info["atexit"] = REGISTRY.names()
             info["atexit_unnamed"] = REGISTRY.unnamed()
         return info

@@ -15,17 +15,22 @@ from typing import Any
 from . import printed
 from .engine import KINDS, PATHS, Outcome, thread_names
 
+SUBJECT = "CODE"
+"""What ``check``'s texts call the code they run in each child (``{subject}`` in MEANING, FIX
+and REBUILT_RUNTIME; ``{Subject}`` at a sentence's start); the pytest plugin says "the test
+function"."""
+
 MEANING = {
-    "hung": "CODE never returned in the child. It waits for something only a parent thread "
+    "hung": "{Subject} never returned in the child. It waits for something only a parent thread "
     "could do: a pool's worker, an event loop's thread, a runtime's workers, or a lock some "
     "thread held at the instant of fork. fork() copies memory, not threads.",
-    "hangs_at_exit": "CODE returned (or raised, when the detail says so), but the child could "
+    "hangs_at_exit": "{Subject} returned (or raised, when the detail says so), but the child could "
     "not exit: an exit hook (an atexit "
     "handler, threading's shutdown, a finaliser) waits for a thread that only the parent has.",
     "crashed": "The child died (a signal, or an abnormal exit): native state inherited from the "
     "parent (a lock taken mid-operation, an allocator arena, a pointer into a dead thread's "
     "memory) was used in the child.",
-    "wrong": "CODE raised, or returned something else than in the parent: inherited state (a "
+    "wrong": "{Subject} raised, or returned something else than in the parent: inherited state (a "
     "connection, a cached client, a PID, a random seed) misbehaves in the child.",
 }
 
@@ -47,9 +52,9 @@ FIX = {
 
 REBUILT_RUNTIME = (
     "The child runs a fresh runtime (its {threads} threads were started again in the child: "
-    "fork() copies no thread), yet CODE hung. What still waits is an object built in the parent "
-    "and used in the child: a pooled keep-alive connection, a client, a task or a handle on the "
-    "parent's runtime. Rust extension authors: build it per process with "
+    "fork() copies no thread), yet {subject} hung. What still waits is an object built in the "
+    "parent and used in the child: a pooled keep-alive connection, a client, a task or a "
+    "handle on the parent's runtime. Rust extension authors: build it per process with "
     "forksafe::ForkLocal::with_init (for object_store: "
     "forksafe::object_store::v0_14::ForkLocalConnector). Python users: "
     "forksafe.fork_local(factory)."
@@ -194,11 +199,14 @@ def diagnose(
     rows: list[dict[str, Any]],
     outcomes: dict[str, list[Outcome]],
     parent_threads: list[str] | None = None,
+    subject: str = SUBJECT,
 ) -> str:
     """What each failing path means and what usually fixes it, with its first failure.
-    ``parent_threads``: this process's native thread names (read from /proc if not given)."""
+    ``parent_threads``: this process's native thread names (read from /proc if not given).
+    ``subject``: what the texts call the code each child ran (check's ``CODE``)."""
     if parent_threads is None:
         parent_threads = thread_names(os.getpid())
+    names = {"subject": subject, "Subject": subject[:1].upper() + subject[1:]}
     lines: list[str] = []
     explained: set[str] = set()
     stacks: dict[str, str] = {}
@@ -222,8 +230,8 @@ def diagnose(
                 lines.append(f"  {name}: see above")
                 continue
             explained.add(kind)
-            lines += _wrap(f"{name} means: {MEANING[kind]}", "  ")
-            lines += _wrap(f"usually fixed by: {FIX[kind]}", "  ")
+            lines += _wrap(f"{name} means: {MEANING[kind].format(**names)}", "  ")
+            lines += _wrap(f"usually fixed by: {FIX[kind].format(**names)}", "  ")
         failures = [o for o in outcomes[path.name] if o.status != "ok"]
         # The first failure whose native frames name a known hazard, else the first failure.
         failed = next((o for o in failures if _hazards(o)), failures[0])
@@ -238,7 +246,7 @@ def diagnose(
             else:
                 explained.add("rebuilt")
                 families = ", ".join(f"{prefix}-N" for prefix in rebuilt)
-                lines += _wrap(REBUILT_RUNTIME.format(threads=families), "  ")
+                lines += _wrap(REBUILT_RUNTIME.format(threads=families, **names), "  ")
         first, *more = (culprit.detail.rstrip()[:4000] or "?").splitlines()
         lines.append(f"  first failure, pid {culprit.pid}: {first}")
         lines += [_indent(line, "      ") for line in more]  # a traceback, in its block

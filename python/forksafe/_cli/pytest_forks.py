@@ -1,4 +1,5 @@
-"""The active part of ``pytest --forksafe`` (:mod:`.pytest_plugin` imports it only when asked).
+"""The active part of ``pytest --forksafe`` (the entry module, ``_forksafe_pytest``, imports it only
+when asked).
 
 Each forksafe test gets one sub-item per fork path, right after it: ``test_read[forksafe:c_fork]``
 (``test_read[1-forksafe:c_fork]`` for a parametrized one). The test itself runs as usual; when it
@@ -15,7 +16,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import threading
 import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from collections.abc import Generator
 
     from .engine import Outcome
+
+SUBJECT = "the test function"
+"""What the plugin's reports call the code each child ran (check says ``CODE``)."""
 
 NO_FORK = "this platform has no fork() (Windows): the test ran once, unforked; no child ran"
 
@@ -52,7 +55,7 @@ def _user_traceback(exc: BaseException, code: object) -> str:
 
 
 def _make_work(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    from .code import describe
+    from .code import exit_waits
     from .engine import Work
 
     code = getattr(inspect.unwrap(function), "__code__", None)
@@ -61,6 +64,7 @@ def _make_work(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         """The test function, called with the parent's fixture values, with the exit check."""
 
         exit_check = True
+        subject = SUBJECT
 
         def run(self, value: int) -> dict[str, Any]:
             # pytest's capture objects write to its files; the engine put the pipe on fd 1 and 2.
@@ -73,20 +77,7 @@ def _make_work(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
             return {"ok": True}
 
         def exit_info(self, multiprocessing_exit: bool) -> dict[str, Any]:
-            me = threading.current_thread()
-            callbacks = getattr(threading, "_threading_atexits", [])
-            info: dict[str, Any] = {
-                "threading_atexit": [describe(f) for f in reversed(callbacks)],
-                "threads_joined": [
-                    t.name for t in threading.enumerate() if t is not me and not t.daemon
-                ],
-            }
-            if multiprocessing_exit:
-                info["note"] = (
-                    "multiprocessing children do not run atexit handlers: they leave through "
-                    "util._exit_function() and threading._shutdown(), then os._exit"
-                )
-            return info
+            return exit_waits(multiprocessing_exit)  # check's, without its atexit registry
 
     return FunctionWork()
 
@@ -127,7 +118,7 @@ class ForkPathItem(pytest.Function):
         from .report import summarise
 
         row = summarise(path, outcomes)
-        text = diagnose([row], {path: outcomes}, self.group.parent_threads)
+        text = diagnose([row], {path: outcomes}, self.group.parent_threads, subject=SUBJECT)
         pytest.fail(
             f"the test passed in the parent, then failed in children forked by {path}:\n"
             + text.lstrip("\n"),

@@ -129,3 +129,27 @@ def test_free_threaded_reads_the_interpreter(monkeypatch: pytest.MonkeyPatch) ->
     assert diagnosis.free_threaded() is True
     monkeypatch.setattr(diagnosis.sys, "_is_gil_enabled", lambda: True, raising=False)
     assert diagnosis.free_threaded() is False  # a free-threaded build with the GIL on again
+
+
+@pytest.mark.parametrize(
+    ("subject", "said"),
+    [({}, ("CODE never returned", "CODE returned (or raised", "CODE raised, or returned")),
+     ({"subject": "the test function"},
+      ("The test function never returned", "The test function returned (or raised",
+       "The test function raised, or returned"))],
+    ids=["check", "plugin"],
+)  # fmt: skip
+def test_the_diagnosis_names_its_subject(subject: dict[str, str], said: tuple[str, ...]) -> None:
+    # check's texts speak of CODE; the pytest plugin's of the test function, same verdicts.
+    outcomes = {
+        "os_fork": [_failed("os_fork", "hung", "no result within 2 s")],
+        "c_fork": [_failed("c_fork", "hangs_at_exit", "did not exit within 2 s")],
+        "mp_fork": [_failed("mp_fork", "wrong", "the test raised: AssertionError")],
+        "raw_syscall": [_failed("raw_syscall", "crashed", "killed by SIGSEGV")],
+    }
+    rows = [summarise(path, found) for path, found in outcomes.items()]
+    text = diagnosis.diagnose(rows, outcomes, ["python"], **subject)
+    flat = " ".join(text.split())
+    for phrase in said:
+        assert phrase in flat, (phrase, text)
+    assert ("CODE" in flat) == (not subject), text

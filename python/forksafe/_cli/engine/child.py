@@ -31,6 +31,9 @@ class Work:
     exit_check = False
     """Leave through the interpreter's normal exit (and judge it) rather than ``os._exit``."""
 
+    subject = "CODE"
+    """What the reports call this work (check's ``CODE``; the pytest plugin's test function)."""
+
     def prepare_fresh(self) -> None:
         """In a fresh interpreter (spawn, forkserver): build what a forked child inherits."""
 

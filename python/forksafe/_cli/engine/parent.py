@@ -494,8 +494,10 @@ def _expire(
     deadline: float,
     running: list[_Launch],
     with_native: bool = False,
+    subject: str = "CODE",
 ) -> list[Outcome]:
     """Judges processes past their deadline: thread names, Python stacks, then kill.
+    ``subject``: what the details call the work (:attr:`~.child.Work.subject`).
 
     A stale path's first generation still lists the parent's threads, and dumping one whose
     stack glibc has handed to a new thread can crash: it is asked for the stuck thread alone
@@ -560,7 +562,7 @@ def _expire(
             if proc.payload is not None and not proc.payload.get("ok"):
                 first = str(proc.payload.get("detail", "")).strip().splitlines() or ["not ok"]
                 what = "raised" if proc.payload.get("raised") else "was wrong"
-                proc.detail = f"CODE {what} ({first[-1]}), then hung at exit: " + proc.detail
+                proc.detail = f"{subject} {what} ({first[-1]}), then hung at exit: " + proc.detail
                 proc.detail += "\n" + str(proc.payload.get("detail", "")).rstrip()
         else:
             proc.status = "hung"
@@ -673,7 +675,7 @@ def run_forks(
                 if proc is not None:
                     overdue.append((launch, proc))
             if overdue:
-                yield from _expire(overdue, deadline, running, with_native)
+                yield from _expire(overdue, deadline, running, with_native, work.subject)
             if on_tick is not None:
                 on_tick()
     finally:

@@ -1,11 +1,18 @@
 """A local HTTP/1.1 keep-alive server on 127.0.0.1: each connection answers with the client
-that opened it, so a connection shared across processes shows up."""
+that opened it, so a connection shared across processes shows up.
+
+It serves from a process of its own. A server thread inside the pytest process would be a thread
+of the parent the plugin forks: a handler running at the instant of a C-level or raw fork (which
+skip CPython's fork preparation) leaves the child a lock or an attached thread state that is
+never released, and the child hangs at exit for the sample's sake, not forksafe's."""
 
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
-from typing import Any
+from typing import IO, Any
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -25,11 +32,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def start() -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="keepalive-server", daemon=True).start()
-    return server
+class Served:
+    """The server process: its address, and ``shutdown()``."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        stdout: IO[str] | None = self._process.stdout
+        assert stdout is not None
+        line = stdout.readline()
+        if not line.strip().isdigit():
+            self._process.kill()
+            raise RuntimeError(f"the keep-alive server did not start: {line!r}")
+        self.server_address = ("127.0.0.1", int(line))
+
+    def shutdown(self) -> None:
+        """Closes the server's stdin (it exits on EOF) and reaps it."""
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+def start() -> Served:
+    return Served()
 
 
 def ask(connection: Any, client: str) -> tuple[str, str]:
@@ -37,3 +69,13 @@ def ask(connection: Any, client: str) -> tuple[str, str]:
     connection.request("GET", "/", headers={"X-Client": client})
     answered, opener = connection.getresponse().read().decode().split()
     return answered, opener
+
+
+if __name__ == "__main__":
+    # Serves until stdin closes: when the test's process shuts it down, or dies.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="keepalive-server", daemon=True).start()
+    print(server.server_address[1], flush=True)
+    sys.stdin.read()
+    server.shutdown()

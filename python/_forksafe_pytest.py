@@ -1,9 +1,12 @@
 """``pytest --forksafe``: the pytest plugin, registered through the ``pytest11`` entry point.
 
-pytest imports this module in every run of every project that has forksafe installed, so it
-stays tiny and does nothing unless asked: it adds the options and the ``forksafe`` marker, and
-only when ``--forksafe`` is given or a collected test carries the marker does it import the part
-that forks (:mod:`.pytest_forks`, on the fork engine). ``import forksafe`` never imports it.
+pytest imports this module in every run of every environment that has forksafe installed, so it
+lives outside the ``forksafe`` package: importing ``forksafe._cli.anything`` would first run
+``forksafe/__init__.py`` (the native module, asyncio), about 60 ms in every pytest run. It
+imports only pytest, adds the options and the ``forksafe`` marker, and only when ``--forksafe``
+is given or a collected test carries the marker does it import the part that forks
+(``forksafe._cli.pytest_forks``, on the fork engine). ``import forksafe`` never imports it.
+The same layout as Hypothesis's ``_hypothesis_pytestplugin``, for the same reason.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def _forks(config: pytest.Config) -> Any:
     """The active part, registered once per run (it validates the options)."""
     active = config.pluginmanager.get_plugin("forksafe-forks")
     if active is None:
-        from .pytest_forks import Forks
+        from forksafe._cli.pytest_forks import Forks
 
         active = Forks(config)
         config.pluginmanager.register(active, "forksafe-forks")
