@@ -27,7 +27,9 @@
 //! locals): so nothing but the loop itself holds the callback that drains the queue. When the
 //! loop lets go of it (its selector closes, or `close` clears a scheduled wake-up that never
 //! ran), the completer's `Drop` closes the queue: what it held is dropped there, attached, and
-//! later results are dropped by their own task. The loop is then free to be collected.
+//! later results are dropped by their own task. The loop is then free to be collected. A
+//! wake-up that races `close()` and lands in the closed loop's `_ready` after the clear is
+//! cancelled by the thread that scheduled it (`Queue::wake`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -141,6 +143,24 @@ impl Queue {
                 // completer is then dropped here, never run, and its `Drop` closes the queue.
                 let scheduled = Py::new(py, Completer::one_shot(self.clone()))
                     .and_then(|c| alive.call_method1(intern!(py, "call_soon_threadsafe"), (c,)));
+                // The loop may have closed while the call ran: `call_soon_threadsafe` checks
+                // `_closed`, then appends to `_ready`, and `close()` sets `_closed`, then clears
+                // `_ready`. Where the two interleave (they do without a GIL; with one, only at a
+                // thread switch) the wake-up lands in a closed loop's `_ready` after the clear,
+                // and nothing ever runs or clears it: the loop holds the completer, the completer
+                // the queue, a queued result the loop, through Rust, where the collector cannot
+                // see. Checked after the append, `is_closed()` is true whenever the clear may
+                // already have run, so cancelling the handle then lets the completer go (its
+                // `Drop` closes the queue) and the loop becomes collectable.
+                if let Ok(handle) = &scheduled {
+                    let closed = alive
+                        .call_method0(intern!(py, "is_closed"))
+                        .and_then(|closed| closed.is_truthy())
+                        .unwrap_or(true);
+                    if closed {
+                        let _ = handle.call_method0(intern!(py, "cancel"));
+                    }
+                }
                 drop(scheduled);
             }),
         }

@@ -572,8 +572,9 @@ pub fn into_stream_v2(gen: Bound<'_, PyAny>) -> PyResult<impl Stream<Item = Py<P
 ///
 /// What the future returns; `RuntimeError` if called on a runtime thread or inside another
 /// `block_on` ([`Error::InsideRuntime`]); `OSError` if the runtime cannot be built (or, in a
-/// child forked on a runtime thread of its parent, where the future runs on a fresh thread of
-/// the child, joined before this returns, if that thread cannot start).
+/// child forked on a runtime thread of its parent, where the future runs on the child's relay
+/// thread while the caller waits, if that thread cannot start: one thread per process, started
+/// on the first such call and reused).
 ///
 /// ```
 /// use pyo3::prelude::*;

@@ -233,10 +233,13 @@ def quiesce() -> None:
     gone; forksafe's loop thread and tokio workers must be parked.
     """
     me = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not me:
+    # A dummy thread is a thread Python did not start (a tokio worker or forksafe's relay that
+    # called into Python): it cannot be joined, and it parks on its own below.
+    others = [t for t in threading.enumerate() if t is not me]
+    for thread in others:
+        if not isinstance(thread, threading._DummyThread):
             thread.join(timeout=10)
-    busy = [t.name for t in threading.enumerate() if t is not me]
+    busy = [t.name for t in others if t.is_alive() and not isinstance(t, threading._DummyThread)]
     if busy:
         pytest.fail(f"cannot quiesce before a raw fork: Python threads still running: {busy}")
     # One round trip through the loop and the runtime, then let both park.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sys
 import time
 import weakref
 from typing import Any, Callable
@@ -83,25 +82,7 @@ def _close_loops_in_flight(kind: str, v: str) -> dict[str, Any]:
     return {"alive": alive, "last": last}
 
 
-# Known, open (issue 24's note): without the GIL, 4 of 1,000 loops woken by
-# call_soon_threadsafe stayed alive in CI's 3.13t run; said as a skip, never hidden.
-_FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            kind,
-            marks=pytest.mark.skipif(
-                _FREE_THREADED and kind == "call_soon_threadsafe",
-                reason="known failure without the GIL: a few call_soon_threadsafe loops stay "
-                "alive (issue 24, open)",
-            ),
-        )
-        for kind in sorted(KINDS)
-    ],
-)
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_closed_loops_with_results_in_flight_are_freed(
     kind: str, parent_report: dict[str, Any]
 ) -> None:

@@ -22,7 +22,7 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use pyo3::create_exception;
@@ -53,6 +53,14 @@ create_exception!(
     EndpointUnreachableError,
     ObjectStoreError,
     "No connection to the endpoint (refused, unreachable or timed out), after the retries."
+);
+
+create_exception!(
+    forksafe_objstore,
+    InheritedWriterError,
+    ObjectStoreError,
+    "A writer used by a process other than the one that started it (a forked child): the upload \
+     is the parent's, and a child must not write, complete or abort it."
 );
 
 /// Everything a process needs to build its own client: plain data, safe to copy into a child.
@@ -163,7 +171,8 @@ macro_rules! s3_for_version {
         use os::aws::{AmazonS3, AmazonS3Builder};
         use os::path::Path;
         use os::{
-            BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+            BackoffConfig, ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
+            RetryConfig,
         };
         use pyo3::exceptions::PyValueError;
         use pyo3::PyErr;
@@ -290,6 +299,83 @@ macro_rules! s3_for_version {
             Ok(())
         }
 
+        /// A writer of this minor: one multipart upload, or object_store's `BufWriter`.
+        pub enum Writer {
+            Multipart(Box<dyn os::MultipartUpload>),
+            Buffered(Box<os::buffered::BufWriter>),
+        }
+
+        /// Starts a writer for `key`: a multipart upload (created now, each `write` one part),
+        /// or a `BufWriter` of `capacity` bytes (a single PUT, or parts of `capacity` bytes
+        /// uploaded in the background once more than that is written).
+        pub async fn writer(
+            store: &AmazonS3,
+            key: &str,
+            buffered: Option<usize>,
+        ) -> Result<Writer, PyErr> {
+            let path = parse_key(key)?;
+            match buffered {
+                Some(capacity) => {
+                    let store: std::sync::Arc<dyn ObjectStore> = std::sync::Arc::new(store.clone());
+                    Ok(Writer::Buffered(Box::new(
+                        os::buffered::BufWriter::with_capacity(store, path, capacity),
+                    )))
+                }
+                None => Ok(Writer::Multipart(
+                    store
+                        .put_multipart(&path)
+                        .await
+                        .map_err(|e| store_error(key, e))?,
+                )),
+            }
+        }
+
+        impl Writer {
+            pub async fn write(&mut self, key: &str, data: Bytes) -> Result<(), PyErr> {
+                match self {
+                    Writer::Multipart(upload) => upload
+                        .put_part(PutPayload::from_bytes(data))
+                        .await
+                        .map_err(|e| store_error(key, e)),
+                    Writer::Buffered(writer) => {
+                        writer.put(data).await.map_err(|e| store_error(key, e))
+                    }
+                }
+            }
+
+            /// Completes the object; the ETag the endpoint returned for it (a `BufWriter`
+            /// reports none).
+            pub async fn complete(&mut self, key: &str) -> Result<Option<String>, PyErr> {
+                match self {
+                    Writer::Multipart(upload) => upload
+                        .complete()
+                        .await
+                        .map(|done| done.e_tag)
+                        .map_err(|e| store_error(key, e)),
+                    Writer::Buffered(writer) => {
+                        let mut writer = std::pin::Pin::new(writer);
+                        std::future::poll_fn(|cx| {
+                            tokio::io::AsyncWrite::poll_shutdown(writer.as_mut(), cx)
+                        })
+                        .await
+                        .map_err(|e| ObjectStoreError::new_err(format!("{key:?}: {e}")))?;
+                        Ok(None)
+                    }
+                }
+            }
+
+            pub async fn abort(&mut self, key: &str) -> Result<(), PyErr> {
+                match self {
+                    Writer::Multipart(upload) => {
+                        upload.abort().await.map_err(|e| store_error(key, e))
+                    }
+                    Writer::Buffered(writer) => {
+                        writer.abort().await.map_err(|e| store_error(key, e))
+                    }
+                }
+            }
+        }
+
         pub async fn list(store: &AmazonS3, prefix: &str) -> Result<Vec<String>, PyErr> {
             let path = if prefix.is_empty() {
                 None
@@ -380,6 +466,42 @@ impl S3 {
         match self {
             S3::V0_13(s) => v0_13::list(s, prefix).await,
             S3::V0_14(s) => v0_14::list(s, prefix).await,
+        }
+    }
+
+    async fn writer(&self, key: &str, buffered: Option<usize>) -> PyResult<Inner> {
+        match self {
+            S3::V0_13(s) => v0_13::writer(s, key, buffered).await.map(Inner::V0_13),
+            S3::V0_14(s) => v0_14::writer(s, key, buffered).await.map(Inner::V0_14),
+        }
+    }
+}
+
+/// A writer of either minor.
+enum Inner {
+    V0_13(v0_13::Writer),
+    V0_14(v0_14::Writer),
+}
+
+impl Inner {
+    async fn write(&mut self, key: &str, data: Bytes) -> PyResult<()> {
+        match self {
+            Inner::V0_13(w) => w.write(key, data).await,
+            Inner::V0_14(w) => w.write(key, data).await,
+        }
+    }
+
+    async fn complete(&mut self, key: &str) -> PyResult<Option<String>> {
+        match self {
+            Inner::V0_13(w) => w.complete(key).await,
+            Inner::V0_14(w) => w.complete(key).await,
+        }
+    }
+
+    async fn abort(&mut self, key: &str) -> PyResult<()> {
+        match self {
+            Inner::V0_13(w) => w.abort(key).await,
+            Inner::V0_14(w) => w.abort(key).await,
         }
     }
 }
@@ -628,6 +750,31 @@ impl Store {
         rt::block_on(py, self.list_future(prefix))
     }
 
+    /// Starts writing `key`: a multipart upload (created now; each `write` uploads one part),
+    /// or with `buffer=N` object_store's `BufWriter` of `N` bytes (one PUT, or parts of `N`
+    /// bytes uploaded in the background once more than that is written). Only this process may
+    /// act on the writer: in a forked child it is inert (`Writer`).
+    #[pyo3(signature = (key, *, buffer = None))]
+    fn writer(&self, py: Python<'_>, key: String, buffer: Option<usize>) -> PyResult<Writer> {
+        let client = self.client.clone();
+        let k = key.clone();
+        let inner = rt::block_on(py, async move {
+            let store = client.get().map_err(|e| client_error(&k, e))?;
+            store.writer(&k, buffer).await
+        })?;
+        Ok(Writer {
+            key,
+            kind: if buffer.is_some() {
+                "buffered"
+            } else {
+                "multipart"
+            },
+            owner: forksafe::process_token(),
+            owner_pid: std::process::id(),
+            state: Mutex::new(Some(inner)),
+        })
+    }
+
     #[getter]
     fn connector(&self) -> &'static str {
         self.config.connector.as_str()
@@ -708,6 +855,185 @@ impl Store {
     }
 }
 
+/// An object being written: a multipart upload or a buffered writer, started by `Store.writer`.
+///
+/// Only the process that started it may act on it. In any other process (a forked child that
+/// inherited it) it is inert: `write`, `complete` and `abort` raise `InheritedWriterError` without
+/// a request, `__exit__` does nothing, and dropping it leaks the inherited state instead of
+/// dropping it (object_store's `LocalFileSystem` upload deletes its staging file on drop, and a
+/// `BufWriter` aborts its in-flight part uploads, which are tasks of the parent's runtime). The
+/// rule for extension authors: an inherited object must not act on the outside world from the
+/// child (docs/extension-authors.md).
+#[pyclass(frozen, module = "forksafe_objstore._native")]
+struct Writer {
+    key: String,
+    kind: &'static str,
+    /// The process that started it (`forksafe::process_token`), and its PID for messages.
+    owner: u64,
+    owner_pid: u32,
+    /// `None` once completed or aborted, or while a call has it out.
+    state: Mutex<Option<Inner>>,
+}
+
+impl Writer {
+    /// The writer's state, taken out for one call; never touched outside the owner process
+    /// (its lock may have been held by a parent thread at the instant of fork).
+    fn take(&self) -> PyResult<Inner> {
+        if forksafe::process_token() != self.owner {
+            return Err(InheritedWriterError::new_err(format!(
+                "{:?}: this writer was started by process {}; a forked child must not write, \
+                 complete or abort it (the upload is the parent's)",
+                self.key, self.owner_pid
+            )));
+        }
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| {
+                ObjectStoreError::new_err(format!(
+                    "{:?}: the writer is finished (or in use by another thread)",
+                    self.key
+                ))
+            })
+    }
+
+    fn put_back(&self, inner: Inner) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = Some(inner);
+    }
+
+    fn is_owner(&self) -> bool {
+        forksafe::process_token() == self.owner
+    }
+}
+
+#[pymethods]
+impl Writer {
+    /// Writes `data`: one part of a multipart upload, or into the buffered writer's buffer.
+    fn write(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let mut inner = self.take()?;
+        let (key, data) = (self.key.clone(), Bytes::copy_from_slice(data));
+        let (inner, written) = rt::block_on(py, async move {
+            let written = inner.write(&key, data).await;
+            Ok((inner, written))
+        })?;
+        self.put_back(inner);
+        written
+    }
+
+    /// Completes the object; returns its ETag (a multipart upload's, as the endpoint reported
+    /// it), or `None` for a buffered writer. On an error the writer stays open (to abort).
+    fn complete(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let mut inner = self.take()?;
+        let key = self.key.clone();
+        let (inner, completed) = rt::block_on(py, async move {
+            let completed = inner.complete(&key).await;
+            Ok((inner, completed))
+        })?;
+        if completed.is_err() {
+            self.put_back(inner);
+        }
+        completed
+    }
+
+    /// Aborts the upload: nothing is stored (the parts uploaded so far are deleted).
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        let mut inner = self.take()?;
+        let key = self.key.clone();
+        rt::block_on(py, async move { inner.abort(&key).await })
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Completes on a normal exit, aborts on an exception. Inert in a process that did not
+    /// start it: a child that unwinds through its parent's `with` block (a `SystemExit` after
+    /// `os.fork()`) must not complete or abort the parent's upload.
+    #[pyo3(signature = (exc_type, _exc = None, _tb = None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<Bound<'_, PyAny>>,
+        _exc: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let finished = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none();
+        if !self.is_owner() || finished {
+            return Ok(false);
+        }
+        match exc_type {
+            Some(t) if !t.is_none() => self.abort(py)?,
+            _ => drop(self.complete(py)?),
+        }
+        Ok(false)
+    }
+
+    #[getter]
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// `"multipart"` or `"buffered"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The PID of the process that started it (the only one that may act on it).
+    #[getter]
+    fn owner_pid(&self) -> u32 {
+        self.owner_pid
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // `get_mut`: no lock taken (a parent thread may have held it at the instant of fork).
+        let inner = self
+            .state
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if forksafe::process_token() != self.owner {
+            // Inherited: leaked, never dropped (forksafe's invariant 2 for what the example owns).
+            std::mem::forget(inner);
+        }
+    }
+}
+
+/// A multipart upload to `key` under the directory `root` on object_store 0.14's
+/// `LocalFileSystem`: the parts go to a staging file next to the object (`<key>#<n>`), renamed
+/// onto it by `complete`. object_store deletes that staging file when an unfinished upload is
+/// dropped, so a child that dropped the inherited upload would delete the parent's: the
+/// `Writer` leaks what it inherited instead (its `Drop`).
+#[pyfunction]
+fn local_writer(py: Python<'_>, root: String, key: String) -> PyResult<Writer> {
+    use object_store_0_14::{local::LocalFileSystem, path::Path, ObjectStoreExt};
+    let k = key.clone();
+    let inner = rt::block_on(py, async move {
+        let fs = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| ObjectStoreError::new_err(format!("{root:?}: {e}")))?;
+        let path = Path::parse(&k).map_err(|e| PyValueError::new_err(format!("{k:?}: {e}")))?;
+        let upload = fs
+            .put_multipart(&path)
+            .await
+            .map_err(|e| ObjectStoreError::new_err(format!("{k:?}: {e}")))?;
+        Ok(Inner::V0_14(v0_14::Writer::Multipart(upload)))
+    })?;
+    Ok(Writer {
+        key,
+        kind: "multipart",
+        owner: forksafe::process_token(),
+        owner_pid: std::process::id(),
+        state: Mutex::new(Some(inner)),
+    })
+}
+
 /// This extension's own forksafe state in this process (its copy of forksafe is separate from
 /// `forksafe._native`'s): PID, depth, runtimes built and inherited, guard mode. The control
 /// build reports `None`.
@@ -769,6 +1095,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     .map_err(forksafe::python::to_py_err)?;
     let py = m.py();
     m.add_class::<Store>()?;
+    m.add_class::<Writer>()?;
+    m.add(
+        "InheritedWriterError",
+        py.get_type::<InheritedWriterError>(),
+    )?;
     m.add("ObjectStoreError", py.get_type::<ObjectStoreError>())?;
     m.add("KeyNotFoundError", py.get_type::<KeyNotFoundError>())?;
     m.add("CredentialsError", py.get_type::<CredentialsError>())?;
@@ -776,6 +1107,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "EndpointUnreachableError",
         py.get_type::<EndpointUnreachableError>(),
     )?;
+    m.add_function(wrap_pyfunction!(local_writer, m)?)?;
     m.add_function(wrap_pyfunction!(_process_info, m)?)?;
     m.add_function(wrap_pyfunction!(_build_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(_build_client, m)?)?;

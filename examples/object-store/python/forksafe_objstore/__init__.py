@@ -22,20 +22,26 @@ from forksafe_objstore._native import (
     CONTROL,
     CredentialsError,
     EndpointUnreachableError,
+    InheritedWriterError,
     KeyNotFoundError,
     ObjectStoreError,
     Store,
+    Writer,
     _process_info,
+    local_writer,
 )
 
 __all__ = [
     "CONTROL",
     "CredentialsError",
     "EndpointUnreachableError",
+    "InheritedWriterError",
     "KeyNotFoundError",
     "ObjectDataset",
     "ObjectStoreError",
     "Store",
+    "Writer",
+    "local_writer",
     "process_info",
 ]
 
