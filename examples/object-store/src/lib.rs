@@ -800,48 +800,28 @@ impl Store {
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let c = &self.config;
         let rebuild = py.get_type::<Store>().getattr("_rebuild")?;
-        let args = (
-            c.bucket.clone(),
-            c.endpoint.clone(),
-            c.access_key_id.clone(),
-            c.secret_access_key.clone(),
-            c.region.clone(),
-            c.allow_http,
-            c.connector.as_str(),
-            c.version.as_str(),
-            c.metadata_endpoint.clone(),
-        );
-        (rebuild, args).into_pyobject(py)
+        let options = PyDict::new(py);
+        options.set_item("endpoint", &c.endpoint)?;
+        options.set_item("access_key_id", &c.access_key_id)?;
+        options.set_item("secret_access_key", &c.secret_access_key)?;
+        options.set_item("region", &c.region)?;
+        options.set_item("allow_http", c.allow_http)?;
+        options.set_item("connector", c.connector.as_str())?;
+        options.set_item("object_store", c.version.as_str())?;
+        options.set_item("metadata_endpoint", &c.metadata_endpoint)?;
+        (rebuild, (c.bucket.clone(), options)).into_pyobject(py)
     }
 
+    /// Unpickling: `Store.s3(bucket, **options)`, through Python, so the two cannot drift.
     #[staticmethod]
-    #[pyo3(signature = (bucket, endpoint, access_key_id, secret_access_key, region, allow_http, connector = DEFAULT_CONNECTOR.to_owned(), object_store = "0.14".to_owned(), metadata_endpoint = None))]
-    #[allow(clippy::too_many_arguments)]
-    fn _rebuild(
-        py: Python<'_>,
+    fn _rebuild<'py>(
+        py: Python<'py>,
         bucket: String,
-        endpoint: String,
-        access_key_id: String,
-        secret_access_key: String,
-        region: String,
-        allow_http: bool,
-        connector: String,
-        object_store: String,
-        metadata_endpoint: Option<String>,
-    ) -> PyResult<Self> {
-        Store::s3(
-            py,
-            bucket,
-            endpoint,
-            access_key_id,
-            secret_access_key,
-            region,
-            allow_http,
-            connector,
-            object_store,
-            metadata_endpoint,
-            "inherited".to_owned(),
-        )
+        options: Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        py.get_type::<Store>()
+            .getattr("s3")?
+            .call((bucket,), Some(&options))
     }
 
     fn __repr__(&self) -> String {
