@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _doc import publish  # benches/ is this script's directory, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "a90229e"
 """The commit before issue 23's first (f436bf7, "check: failure rates per path, ...")."""
@@ -266,12 +268,7 @@ def main() -> None:
         print(table({}, grpc_case()))
         return
     text = table(measure(), grpc_case())
-    print(text)
-    if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        page = doc.read_text()
-        start, end = page.index(BEGIN) + len(BEGIN), page.index(END)
-        doc.write_text(page[:start] + "\n" + text + "\n" + page[end:])
+    publish(text, BEGIN, END, args.write)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,13 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import forksafe
 import forksafe_objstore
 import objdata
+from _doc import publish  # benches/ is this script's directory, first on sys.path
 from forksafe_objstore import ObjectDataset, Store
-
-ROOT = Path(__file__).resolve().parent.parent
 
 WORKERS = 4
 ROUNDS = 3
@@ -270,17 +268,7 @@ def main() -> int:
         + "\n\n"
         + breakdown_table(phases, spawn_ms)
     )
-    print(text)
-    if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        content = doc.read_text()
-        block = f"{BEGIN}\n{text}\n{END}"
-        if BEGIN in content:
-            head, rest = content.split(BEGIN, 1)
-            content = head + block + rest.split(END, 1)[1]
-        else:
-            content = content.rstrip("\n") + "\n\n" + block + "\n"
-        doc.write_text(content)
+    publish(text, BEGIN, END, args.write)
     return 0
 
 

@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _doc import publish  # benches/ is this script's directory, first on sys.path
+
 TESTS = 50
 HANGING = 5
 ROUNDS = 3
@@ -160,12 +161,7 @@ def main() -> int:
         f"| {package / entry:.0f}x less |",
     ]
     table = "\n".join(lines)
-    print(table)
-    if args.write:
-        page = ROOT / "docs" / "benchmarks.md"
-        text = page.read_text()
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        page.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+    publish(table, BEGIN, END, args.write)
     return 0
 
 

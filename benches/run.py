@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _doc import write_between  # benches/ is this script's directory, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("plain", "hooked", "forksafe")
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
@@ -171,12 +173,6 @@ def generic_table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_between(doc: Path, begin: str, end: str, text: str) -> None:
-    before, rest = doc.read_text().split(begin, 1)
-    after = rest.split(end, 1)[1]
-    doc.write_text(f"{before}{begin}\n{text}\n{end}{after}")
-
-
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -228,9 +224,8 @@ def main() -> int:
         json.dumps({"guard": costs, "bridge": runs}, indent=2)
     )
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        write_between(doc, BEGIN, END, text)
-        write_between(doc, GENERIC_BEGIN, GENERIC_END, generic)
+        write_between(BEGIN, END, text)
+        write_between(GENERIC_BEGIN, GENERIC_END, generic)
         plot(runs, ROOT / "docs" / "benchmarks.png")
     return 0
 

@@ -28,7 +28,12 @@ need_test_wheel() {
       maturin build --locked --profile "$profile" --features "$CONTROL_FEATURE" -o "$ROOT/target/test-wheel" -i "$PY"
       echo "$run $profile" >"$ROOT/target/test-wheel/.run"
     fi
-    "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$ROOT"/target/test-wheel/forksafe-*.whl
+    # Installed once per run: a reinstall while the other lane's tests import forksafe (or
+    # spawn interpreters that do) would pull the files from under them.
+    if [ "$(cat "$VENV/.forksafe-test-wheel" 2>/dev/null)" != "$run $profile" ]; then
+      "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$ROOT"/target/test-wheel/forksafe-*.whl
+      echo "$run $profile" >"$VENV/.forksafe-test-wheel"
+    fi
   ) 7>"$ROOT/target/test-wheel.lock"
 }
 
