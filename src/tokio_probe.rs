@@ -7,8 +7,10 @@
 //! The probe blocks one short-lived thread in tokio's `block_on` and reads the futex operation it
 //! sleeps in from `/proc/self/task/<tid>/syscall`. It runs once per lineage, when the first
 //! process builds its runtime (children inherit the answer: same binary); where `/proc` cannot
-//! tell (not Linux, no `syscall` file, or the thread never slept in a futex within a second) the
-//! answer is "unknown", never a guess.
+//! tell (not Linux, no `syscall` file, or the thread never slept in a futex within
+//! five seconds) the answer is "unknown", never a guess. The wait ends at the first futex seen
+//! (microseconds on an idle machine); the bound is for a loaded one, where a new thread can wait
+//! for a core longer than a second (seen: a busy parent's threads beside two CI lanes).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -20,6 +22,10 @@ const ON: u8 = 2;
 const UNKNOWN: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(UNPROBED);
+
+/// How long the probe waits for its thread to start, and then for it to sleep in a futex.
+#[cfg(target_os = "linux")]
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `Some(true)` when tokio's `parking_lot` feature is on in this binary, `Some(false)` when it
 /// is off, `None` before the first runtime is built or when the probe cannot tell.
@@ -87,10 +93,10 @@ fn probe(runtime: &Runtime) -> u8 {
         return UNKNOWN;
     };
     let mut verdict = UNKNOWN;
-    if let Ok(tid) = tid_rx.recv_timeout(Duration::from_secs(1)) {
+    if let Ok(tid) = tid_rx.recv_timeout(PATIENCE) {
         let path = format!("/proc/self/task/{tid}/syscall");
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(1) {
+        while start.elapsed() < PATIENCE {
             if let Some(answer) = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|text| futex_verdict(&text))
