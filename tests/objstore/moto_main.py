@@ -7,7 +7,8 @@ inherited. A real S3 endpoint keeps connections alive. So this process puts a sm
 front end (standard library) before moto: it keeps each client connection open across requests
 (unless the client asks to close), forwards each request to moto on a fresh connection, and
 appends ``<connection> <method> <path>`` to a log file, ``<connection>`` numbering the accepted
-client connections from 1. The tests read that log to see which requests shared a connection.
+client connections from 1, and ``<connection> CLOSED <how>`` when one ends. The tests read that
+log to see which requests shared a connection.
 
 Usage: ``moto_main.py CONNECTION_LOG``. Started by the tests as a subprocess, so the test process
 has no server threads when it forks. Prints ``PORT <n>`` (the front end's ephemeral port) once
@@ -54,10 +55,25 @@ class KeepAliveProxy(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # the connection log below is the record
 
-    def _forward(self) -> None:
+    def _note(self, method: str, path: str) -> None:
         with self.server.log_lock:
-            self.server.log.write(f"{self.number} {self.command} {self.path}\n")
+            self.server.log.write(f"{self.number} {method} {path}\n")
             self.server.log.flush()
+
+    def handle(self) -> None:
+        # How the connection ended, as a log line ``<n> CLOSED <how>`` (``eof``: the client closed
+        # it; ``after-request``: this end did; ``server-error:...``): the tests tell a client
+        # that dropped a pooled connection from a server that closed it.
+        try:
+            super().handle()
+        except Exception as error:
+            self._note("CLOSED", f"server-error:{type(error).__name__}")
+            raise
+        how = "eof" if not getattr(self, "raw_requestline", b"") else "after-request"
+        self._note("CLOSED", how)
+
+    def _forward(self) -> None:
+        self._note(self.command, self.path)
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.send_error(501, "chunked request bodies are not forwarded")
             return

@@ -938,12 +938,17 @@ impl Writer {
         _exc: Option<Bound<'_, PyAny>>,
         _tb: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
+        // The owner first: the lock is never touched in another process (a parent thread may
+        // have held it at the instant of fork).
+        if !self.is_owner() {
+            return Ok(false);
+        }
         let finished = self
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_none();
-        if !self.is_owner() || finished {
+        if finished {
             return Ok(false);
         }
         match exc_type {
