@@ -105,13 +105,14 @@ fn on_relay<R: Send>(f: impl FnOnce() -> R + Send) -> PyResult<R> {
         // The receiver is waiting below; after this send the job touches only the channel.
         let _ = done.send(outcome);
     });
-    // SAFETY: the job borrows from this frame for `'_`. It runs on the relay thread, which runs
-    // every job it receives to its end (the panics of `f` are caught inside it), and this
-    // function does not return until the job has sent its outcome: `result.recv()` below. After
-    // that send the job only drops its `SyncSender`, which owns no borrow. If the job cannot be
+    // The job borrows from this frame for `'_`. It runs on the relay thread, which runs every
+    // job it receives to its end (the panics of `f` are caught inside it), and this function
+    // does not return until the job has sent its outcome: `result.recv()` below. After that
+    // send the job only drops its `SyncSender`, which owns no borrow. If the job cannot be
     // handed over, `send` gives it back and it is dropped here. The one way left for `recv` to
     // fail is the job being dropped unrun on the relay thread, which its loop never does;
     // should it ever happen, the process aborts rather than return with the borrow live.
+    // SAFETY: so the erased lifetime never outlives this frame (the argument just above).
     let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
     let unsent = {
         let mut jobs = RELAY

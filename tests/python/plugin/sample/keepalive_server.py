@@ -44,6 +44,7 @@ class Served:
         line = stdout.readline()
         if not line.strip().isdigit():
             self._process.kill()
+            self._process.wait()
             raise RuntimeError(f"the keep-alive server did not start: {line!r}")
         self.server_address = ("127.0.0.1", int(line))
 
